@@ -1,0 +1,498 @@
+//! The delivery task: reads records back from the WAL, batches them to the drain,
+//! retries, isolates poison, answers `flush`, advances the cursor, shuts down.
+//!
+//! # Batching
+//!
+//! The task delivers as soon as `batch_size` records are written, or when the first
+//! undelivered record has waited `flush_interval`, or at once when a `flush` waits,
+//! recovered records are being replayed, or shutdown has begun. It sleeps only on three
+//! wake-ups: the writer's `data_ready` notification (a permit is stored if it fires while
+//! the task is busy, so no wake-up is lost), the batch deadline, and control messages.
+//!
+//! # Failures
+//!
+//! - `retryable`: the same records, decoded again from the frames read from the WAL,
+//!   are delivered again after a full-jitter backoff. Forever: a batch is never skipped
+//!   because a backend was down for long. Each retry is counted.
+//! - `permanent`: the batch is split in halves, each delivered in order, until the
+//!   rejected records are single; those are logged with their seq, counted in
+//!   `rejected_total` and skipped. Depth is at most `log2(batch_size) + 1`.
+//! - A record that passed its CRC but does not decode is logged, counted as corrupt and
+//!   skipped (no drain could accept it).
+//!
+//! # File I/O
+//!
+//! Reading segments, writing the cursor and deleting segments are blocking file
+//! operations; each delivery runs them in one `spawn_blocking` call, so they never
+//! stall the application's runtime workers.
+//!
+//! # Shutdown
+//!
+//! On cancellation (or when the writer stops because every sink handle was dropped),
+//! the task keeps delivering until everything written is acknowledged or
+//! `shutdown_timeout` has passed (an in-flight `write_batch` is abandoned at that
+//! point; its records stay on disk). Then it makes the cursor durable, calls
+//! `drain.close()`, and answers unfinished `flush` calls with `Closed`.
+
+use std::io;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::codec::Codec;
+use crate::config::RetryPolicy;
+use crate::drain::{Batch, SinkDrain};
+use crate::error::SinkError;
+use crate::handle::ShutdownReport;
+use crate::shared::Shared;
+use crate::wal::cursor::Cursor;
+use crate::wal::reader::{FrameBatch, WalReader};
+use crate::wal::storage::LockGuard;
+use crate::wal::writer::FlushRequest;
+
+/// A batch is cut once its payloads reach this many bytes (so it holds at most this
+/// plus one record), bounding memory whatever `batch_size` is.
+pub(crate) const BATCH_BYTES_SOFT_LIMIT: usize = 8 << 20;
+
+/// Everything the task starts from.
+pub(crate) struct ActorInit<T, D> {
+    pub(crate) drain: D,
+    pub(crate) codec: Arc<dyn Codec<T>>,
+    pub(crate) reader: WalReader,
+    pub(crate) cursor: Cursor,
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) flushes: mpsc::UnboundedReceiver<FlushRequest>,
+    pub(crate) writer_exit: oneshot::Receiver<Result<(), Arc<io::Error>>>,
+    pub(crate) shutdown: CancellationToken,
+    pub(crate) stop_writer: CancellationToken,
+    pub(crate) replay_through: u64,
+    pub(crate) batch_size: usize,
+    pub(crate) flush_interval: Duration,
+    pub(crate) retry: RetryPolicy,
+    pub(crate) shutdown_timeout: Duration,
+    pub(crate) lock: Box<dyn LockGuard>,
+}
+
+/// WAL-side state moved into `spawn_blocking` for each delivery.
+struct Wal {
+    reader: WalReader,
+    cursor: Cursor,
+}
+
+/// The delivery stopped because shutdown's deadline passed.
+struct Interrupted;
+
+pub(crate) struct Actor<T, D> {
+    drain: D,
+    codec: Arc<dyn Codec<T>>,
+    wal: Option<Wal>,
+    shared: Arc<Shared>,
+    flushes: mpsc::UnboundedReceiver<FlushRequest>,
+    flushes_open: bool,
+    waiting: Vec<FlushRequest>,
+    writer_exit: oneshot::Receiver<Result<(), Arc<io::Error>>>,
+    writer_result: Option<Result<(), Arc<io::Error>>>,
+    shutdown: CancellationToken,
+    /// Cancelled when this task ends, however it ends (panic included): stops the writer.
+    _stop_writer: tokio_util::sync::DropGuard,
+    replay_through: u64,
+    batch_size: usize,
+    flush_interval: Duration,
+    retry: RetryPolicy,
+    shutdown_timeout: Duration,
+    /// Set once shutdown has begun: deliver until then.
+    stop_at: Option<Instant>,
+    /// Every record at or below this is acknowledged (the cursor's in-memory value).
+    acked_through: u64,
+    rng: SplitMix64,
+    _lock: Box<dyn LockGuard>,
+}
+
+impl<T: Send + 'static, D: SinkDrain<T>> Actor<T, D> {
+    pub(crate) fn new(init: ActorInit<T, D>) -> Self {
+        let acked_through = init.cursor.acked();
+        Self {
+            drain: init.drain,
+            codec: init.codec,
+            wal: Some(Wal {
+                reader: init.reader,
+                cursor: init.cursor,
+            }),
+            shared: init.shared,
+            flushes: init.flushes,
+            flushes_open: true,
+            waiting: Vec::new(),
+            writer_exit: init.writer_exit,
+            writer_result: None,
+            shutdown: init.shutdown,
+            _stop_writer: init.stop_writer.drop_guard(),
+            replay_through: init.replay_through,
+            batch_size: init.batch_size,
+            flush_interval: init.flush_interval,
+            retry: init.retry,
+            shutdown_timeout: init.shutdown_timeout,
+            stop_at: None,
+            acked_through,
+            rng: SplitMix64::from_entropy(),
+            _lock: init.lock,
+        }
+    }
+
+    fn begin_stop(&mut self) {
+        if self.stop_at.is_none() {
+            self.stop_at = Some(Instant::now() + self.shutdown_timeout);
+        }
+    }
+
+    fn answer_flushes(&mut self) {
+        let acked = self.acked_through;
+        let (done, keep): (Vec<_>, Vec<_>) = std::mem::take(&mut self.waiting)
+            .into_iter()
+            .partition(|w| w.target <= acked);
+        self.waiting = keep;
+        for w in done {
+            let _ = w.done.send(Ok(()));
+        }
+    }
+
+    /// The task. The one loop of the delivery side that ends only at shutdown.
+    pub(crate) async fn run(mut self) -> Result<ShutdownReport, SinkError> {
+        let mut batch_deadline: Option<Instant> = None;
+        let mut stalls: u32 = 0;
+        loop {
+            while let Ok(req) = self.flushes.try_recv() {
+                self.waiting.push(req);
+            }
+            self.answer_flushes();
+            let written = self.shared.written_seq.load(Ordering::Acquire);
+            let backlog = written.saturating_sub(self.acked_through);
+            let now = Instant::now();
+            if let Some(stop_at) = self.stop_at {
+                if (backlog == 0 && self.writer_result.is_some()) || now >= stop_at {
+                    break;
+                }
+            }
+            if backlog > 0 {
+                let urgent = backlog >= self.batch_size as u64
+                    || self.stop_at.is_some()
+                    || self.acked_through < self.replay_through
+                    || self.waiting.iter().any(|w| w.target > self.acked_through);
+                let deadline = *batch_deadline.get_or_insert(now + self.flush_interval);
+                if urgent || now >= deadline {
+                    batch_deadline = None;
+                    let before = self.acked_through;
+                    match self.deliver_next(written).await {
+                        Ok(()) if self.acked_through > before => stalls = 0,
+                        Ok(()) => {
+                            // Nothing readable below `written_seq` and no progress: a
+                            // damaged or missing file. Back off instead of spinning.
+                            stalls = stalls.saturating_add(1);
+                            self.pause(stalls).await;
+                        }
+                        Err(Interrupted) => break,
+                    }
+                    continue;
+                }
+            }
+            let sleep_until = [batch_deadline, self.stop_at].into_iter().flatten().min();
+            tokio::select! {
+                biased;
+                () = self.shutdown.cancelled(), if self.stop_at.is_none() => self.begin_stop(),
+                res = &mut self.writer_exit, if self.writer_result.is_none() => {
+                    self.writer_result = Some(res.unwrap_or(Ok(())));
+                    self.begin_stop();
+                }
+                req = self.flushes.recv(), if self.flushes_open => match req {
+                    Some(req) => self.waiting.push(req),
+                    None => self.flushes_open = false,
+                },
+                () = self.shared.data_ready.notified() => {}
+                () = sleep_until_opt(sleep_until) => {}
+            }
+        }
+        self.finish().await
+    }
+
+    /// Reads the next batch from the WAL, delivers it, advances the cursor.
+    async fn deliver_next(&mut self, written: u64) -> Result<(), Interrupted> {
+        let Some(mut wal) = self.wal.take() else {
+            return Ok(());
+        };
+        let (max_records, max_bytes) = (self.batch_size, BATCH_BYTES_SOFT_LIMIT);
+        let joined = tokio::task::spawn_blocking(move || {
+            let res = wal.reader.read_batch(written, max_records, max_bytes);
+            (wal, res)
+        })
+        .await;
+        let (wal, res) = match joined {
+            Ok(v) => v,
+            Err(e) => std::panic::resume_unwind(e.into_panic()),
+        };
+        self.wal = Some(wal);
+        let (frames, lost) = match res {
+            Ok(v) => v,
+            Err(e) => {
+                tracing::error!(error = %e, "reading the WAL failed; retrying after backoff");
+                return Ok(());
+            }
+        };
+        if lost > 0 {
+            self.shared
+                .corrupt_records
+                .add(lost, &self.shared.metrics.corrupt_records);
+        }
+        if !frames.is_empty() {
+            self.deliver_frames(&frames).await?;
+        }
+        let through = self
+            .wal
+            .as_ref()
+            .map_or(self.acked_through, |w| w.reader.position() - 1);
+        self.advance_cursor(through).await;
+        Ok(())
+    }
+
+    async fn advance_cursor(&mut self, through: u64) {
+        let Some(mut wal) = self.wal.take() else {
+            return;
+        };
+        let joined = tokio::task::spawn_blocking(move || {
+            let res = wal.cursor.advance(through);
+            (wal, res)
+        })
+        .await;
+        let (wal, res) = match joined {
+            Ok(v) => v,
+            Err(e) => std::panic::resume_unwind(e.into_panic()),
+        };
+        self.wal = Some(wal);
+        if let Err(e) = res {
+            // The acknowledgement stands in memory; the cursor file catches up on the
+            // next advance. A crash meanwhile costs duplicates, not loss.
+            tracing::error!(error = %e, through, "persisting the WAL cursor failed");
+        }
+        assert!(
+            through >= self.acked_through,
+            "invariant violation: acked_through moving back from {} to {through}",
+            self.acked_through
+        );
+        self.acked_through = through;
+        let written = self.shared.written_seq.load(Ordering::Acquire);
+        assert!(
+            through <= written,
+            "invariant violation: acked {through} above written {written}"
+        );
+        self.shared.acked_seq.store(through, Ordering::Release);
+        let m = &self.shared.metrics;
+        m.acked_seq.set(through as f64);
+        m.wal_bytes
+            .set(self.shared.disk_used.load(Ordering::Relaxed) as f64);
+        m.wal_segments
+            .set(self.shared.wal_segments.load(Ordering::Relaxed) as f64);
+        m.pending.set(written.saturating_sub(through) as f64);
+        self.answer_flushes();
+    }
+
+    /// Decodes frames `idx` into a batch.
+    fn build(&self, frames: &FrameBatch, idx: &[usize]) -> Batch<T> {
+        let mut seqs = Vec::with_capacity(idx.len());
+        let mut items = Vec::with_capacity(idx.len());
+        for &i in idx {
+            // Decoded successfully once already (see `deliver_frames`); the codec is
+            // deterministic, so a failure here is skipped the same way.
+            if let Ok(v) = self.codec.decode(frames.payload(i)) {
+                seqs.push(frames.seqs().get(i).copied().unwrap_or(0));
+                items.push(v);
+            }
+        }
+        Batch::new(seqs, items)
+    }
+
+    /// Delivers frames with retry and bisection (see the module doc).
+    async fn deliver_frames(&mut self, frames: &FrameBatch) -> Result<(), Interrupted> {
+        let mut good = Vec::with_capacity(frames.len());
+        for (i, &seq) in frames.seqs().iter().enumerate() {
+            match self.codec.decode(frames.payload(i)) {
+                Ok(_) => good.push(i),
+                Err(e) => {
+                    tracing::error!(seq, error = %e, "WAL record does not decode with this codec; skipped");
+                    self.shared
+                        .corrupt_records
+                        .add(1, &self.shared.metrics.corrupt_records);
+                }
+            }
+        }
+        // Ranges of `good` still to deliver, in order (last pushed = next).
+        let mut todo: Vec<(usize, usize)> = vec![(0, good.len())];
+        while let Some((lo, hi)) = todo.pop() {
+            let idx = good.get(lo..hi).unwrap_or_default();
+            if idx.is_empty() {
+                continue;
+            }
+            let mut attempt: u32 = 0;
+            loop {
+                let batch = self.build(frames, idx);
+                let replayed = batch
+                    .seqs()
+                    .iter()
+                    .filter(|&&s| s <= self.replay_through)
+                    .count() as u64;
+                self.shared.writes.add(1, &self.shared.metrics.writes);
+                match self.call_drain(batch).await? {
+                    Ok(()) => {
+                        if replayed > 0 {
+                            self.shared
+                                .replayed
+                                .add(replayed, &self.shared.metrics.replayed);
+                        }
+                        break;
+                    }
+                    Err(e) if e.is_retryable() => {
+                        self.shared
+                            .write_errors
+                            .add(1, &self.shared.metrics.write_errors);
+                        attempt = attempt.saturating_add(1);
+                        let delay = self.jittered(attempt);
+                        tracing::warn!(error = %e, attempt, ?delay, records = idx.len(), "drain failed (retryable); delivering again after backoff");
+                        self.backoff(delay).await?;
+                        self.shared.retries.add(1, &self.shared.metrics.retries);
+                    }
+                    Err(e) => {
+                        self.shared
+                            .write_errors
+                            .add(1, &self.shared.metrics.write_errors);
+                        if idx.len() == 1 {
+                            let seq = frames.seqs().get(idx[0]).copied().unwrap_or(0);
+                            tracing::error!(seq, error = %e, "drain rejected record permanently; skipped");
+                            self.shared.rejected.add(1, &self.shared.metrics.rejected);
+                        } else {
+                            let mid = lo + (hi - lo) / 2;
+                            todo.push((mid, hi));
+                            todo.push((lo, mid));
+                        }
+                        break;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// One `write_batch`, watching for shutdown and its deadline.
+    async fn call_drain(
+        &mut self,
+        batch: Batch<T>,
+    ) -> Result<Result<(), crate::DrainError>, Interrupted> {
+        let fut = self.drain.write_batch(batch);
+        tokio::pin!(fut);
+        loop {
+            tokio::select! {
+                biased;
+                res = &mut fut => return Ok(res),
+                () = self.shutdown.cancelled(), if self.stop_at.is_none() => {
+                    if self.stop_at.is_none() {
+                        self.stop_at = Some(Instant::now() + self.shutdown_timeout);
+                    }
+                }
+                () = sleep_until_opt(self.stop_at) => return Err(Interrupted),
+            }
+        }
+    }
+
+    async fn backoff(&mut self, delay: Duration) -> Result<(), Interrupted> {
+        let wake = Instant::now() + delay;
+        loop {
+            tokio::select! {
+                biased;
+                () = self.shutdown.cancelled(), if self.stop_at.is_none() => self.begin_stop(),
+                () = sleep_until_opt(self.stop_at) => return Err(Interrupted),
+                () = tokio::time::sleep_until(wake) => return Ok(()),
+            }
+        }
+    }
+
+    async fn pause(&mut self, attempt: u32) {
+        let delay = self.retry.delay_cap(attempt);
+        let _ = self.backoff(delay).await;
+    }
+
+    fn jittered(&mut self, attempt: u32) -> Duration {
+        let cap = self.retry.delay_cap(attempt);
+        let nanos = u64::try_from(cap.as_nanos()).unwrap_or(u64::MAX);
+        Duration::from_nanos(if nanos == 0 {
+            0
+        } else {
+            self.rng.next() % (nanos + 1)
+        })
+    }
+
+    async fn finish(mut self) -> Result<ShutdownReport, SinkError> {
+        // Make the cursor durable, so a restart does not replay what was acknowledged.
+        if let Some(mut wal) = self.wal.take() {
+            let res = tokio::task::spawn_blocking(move || wal.cursor.persist()).await;
+            if let Ok(Err(e)) = res {
+                tracing::error!(error = %e, "persisting the WAL cursor at shutdown failed; acknowledged records may be delivered again");
+            }
+        }
+        let close_error = match self.drain.close().await {
+            Ok(()) => None,
+            Err(e) => {
+                tracing::warn!(error = %e, "drain close failed");
+                Some(e.to_string())
+            }
+        };
+        self.answer_flushes();
+        for w in self.waiting.drain(..) {
+            let _ = w.done.send(Err(SinkError::Closed));
+        }
+        // Stop the writer (if only the delivery side was asked to stop) and wait for
+        // its final sync.
+        drop(self._stop_writer);
+        let writer = match self.writer_result.take() {
+            Some(r) => r,
+            None => (&mut self.writer_exit).await.unwrap_or(Ok(())),
+        };
+        let written = self.shared.written_seq.load(Ordering::Acquire);
+        let report = ShutdownReport {
+            acked_seq: self.acked_through,
+            written_seq: written,
+            synced_seq: self.shared.synced_seq.load(Ordering::Acquire),
+            left_on_disk: written.saturating_sub(self.acked_through),
+            drain_close_error: close_error,
+        };
+        match writer {
+            Ok(()) => Ok(report),
+            Err(e) => Err(SinkError::Io(e)),
+        }
+    }
+}
+
+async fn sleep_until_opt(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// A small PRNG for backoff jitter (SplitMix64): no dependency, no lock, good enough to
+/// spread retries; not for anything secret.
+#[derive(Debug)]
+pub(crate) struct SplitMix64(u64);
+
+impl SplitMix64 {
+    pub(crate) fn from_entropy() -> Self {
+        use std::hash::{BuildHasher, RandomState};
+        Self(RandomState::new().hash_one(std::time::SystemTime::now()))
+    }
+    pub(crate) fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+}

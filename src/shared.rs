@@ -1,0 +1,160 @@
+//! State shared by producers, the WAL writer thread and the delivery task.
+//!
+//! Only atomics and wake-ups live here; each piece has one writer:
+//! - producers: `pushed`, `dropped`, `queued` (+), `disk_used` (reserve);
+//! - the WAL writer: `written_seq`, `synced_seq`, `queued` (−), `failure`;
+//! - the delivery task: `acked_seq`, `disk_used` (release on delete), the counters of
+//!   delivery.
+//!
+//! Invariants (checked where they are published): `synced_seq <= written_seq`,
+//! `acked_seq <= written_seq`, and each of the three only grows.
+
+use std::io;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+
+use tokio::sync::Notify;
+
+use crate::error::SinkError;
+use crate::metrics::Metrics;
+
+/// A counter kept both as an atomic (for `stats()`) and as a metric.
+#[derive(Debug)]
+pub(crate) struct Stat {
+    value: AtomicU64,
+}
+
+impl Stat {
+    const fn new() -> Self {
+        Self {
+            value: AtomicU64::new(0),
+        }
+    }
+    pub(crate) fn add(&self, n: u64, counter: &metrics::Counter) {
+        self.value.fetch_add(n, Ordering::Relaxed);
+        counter.increment(n);
+    }
+    pub(crate) fn get(&self) -> u64 {
+        self.value.load(Ordering::Relaxed)
+    }
+}
+
+/// See the module doc.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub(crate) metrics: Metrics,
+    pub(crate) max_disk_bytes: u64,
+
+    pub(crate) pushed: Stat,
+    pub(crate) dropped: Stat,
+    pub(crate) writes: Stat,
+    pub(crate) write_errors: Stat,
+    pub(crate) replayed: Stat,
+    pub(crate) retries: Stat,
+    pub(crate) rejected: Stat,
+    pub(crate) corrupt_records: Stat,
+    pub(crate) quarantined_segments: Stat,
+
+    /// Records accepted by producers and not yet taken by the writer.
+    pub(crate) queued: AtomicU64,
+    /// Bytes of segment files plus frames reserved by accepted, unwritten records.
+    pub(crate) disk_used: AtomicU64,
+    /// Segment files.
+    pub(crate) wal_segments: AtomicU64,
+
+    /// Every record with a seq at or below this is in a segment file (or will never
+    /// exist: seqs skipped after a crash).
+    pub(crate) written_seq: AtomicU64,
+    /// Every record at or below this is durable.
+    pub(crate) synced_seq: AtomicU64,
+    /// Every record at or below this was acknowledged (or rejected, or lost to damage).
+    pub(crate) acked_seq: AtomicU64,
+
+    failed: AtomicBool,
+    failure: OnceLock<Arc<io::Error>>,
+
+    /// Writer → delivery task: `written_seq` moved (or the writer stopped).
+    pub(crate) data_ready: Notify,
+    /// Delivery task → blocked `push` callers: segments were deleted.
+    pub(crate) room: Notify,
+}
+
+impl Shared {
+    pub(crate) fn new(metrics: Metrics, max_disk_bytes: u64) -> Self {
+        Self {
+            metrics,
+            max_disk_bytes,
+            pushed: Stat::new(),
+            dropped: Stat::new(),
+            writes: Stat::new(),
+            write_errors: Stat::new(),
+            replayed: Stat::new(),
+            retries: Stat::new(),
+            rejected: Stat::new(),
+            corrupt_records: Stat::new(),
+            quarantined_segments: Stat::new(),
+            queued: AtomicU64::new(0),
+            disk_used: AtomicU64::new(0),
+            wal_segments: AtomicU64::new(0),
+            written_seq: AtomicU64::new(0),
+            synced_seq: AtomicU64::new(0),
+            acked_seq: AtomicU64::new(0),
+            failed: AtomicBool::new(false),
+            failure: OnceLock::new(),
+            data_ready: Notify::new(),
+            room: Notify::new(),
+        }
+    }
+
+    /// Reserves `bytes` of the disk budget; false if that would exceed it.
+    pub(crate) fn try_reserve(&self, bytes: u64) -> bool {
+        let before = self.disk_used.fetch_add(bytes, Ordering::AcqRel);
+        if before.saturating_add(bytes) > self.max_disk_bytes {
+            self.release(bytes);
+            return false;
+        }
+        true
+    }
+
+    /// Returns `bytes` to the disk budget.
+    pub(crate) fn release(&self, bytes: u64) {
+        self.disk_used.fetch_sub(bytes, Ordering::AcqRel);
+    }
+
+    /// Records a sticky WAL failure (the first one wins) and wakes everybody.
+    pub(crate) fn fail(&self, err: io::Error) -> Arc<io::Error> {
+        let err = Arc::clone(self.failure.get_or_init(|| Arc::new(err)));
+        self.failed.store(true, Ordering::Release);
+        self.data_ready.notify_one();
+        self.room.notify_waiters();
+        err
+    }
+
+    /// The sticky failure, if any, as the error every later call gets.
+    pub(crate) fn failure(&self) -> Option<SinkError> {
+        if !self.failed.load(Ordering::Relaxed) {
+            return None;
+        }
+        self.failure.get().map(|e| SinkError::Io(Arc::clone(e)))
+    }
+
+    /// Publishes a new `written_seq` (monotonic) and wakes the delivery task.
+    pub(crate) fn publish_written(&self, seq: u64) {
+        let before = self.written_seq.swap(seq, Ordering::AcqRel);
+        assert!(
+            seq >= before,
+            "invariant violation: written_seq moved back from {before} to {seq}"
+        );
+        self.data_ready.notify_one();
+    }
+
+    /// Publishes a new `synced_seq` (monotonic, never above `written_seq`).
+    pub(crate) fn publish_synced(&self, seq: u64) {
+        let written = self.written_seq.load(Ordering::Acquire);
+        assert!(
+            seq <= written,
+            "invariant violation: synced_seq {seq} above written_seq {written}"
+        );
+        self.synced_seq.fetch_max(seq, Ordering::AcqRel);
+    }
+}

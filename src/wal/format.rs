@@ -1,0 +1,583 @@
+//! Bytes only: the segment header, the record frame and the register slot.
+//!
+//! This module knows no files, no tokio and no configuration beyond the limits it is
+//! handed, which is what makes it fuzzable. Every decoder takes untrusted bytes and
+//! returns a status; none of them indexes past a slice, panics or allocates from a
+//! length read off disk. The layouts are specified in `docs/FORMAT.md`; the constant
+//! names here are the field names there, and the golden-bytes tests at the end of this
+//! file print the same hex the document shows.
+//!
+//! All integers are little-endian.
+
+use std::fmt;
+
+/// Magic bytes opening every segment file (modelled on PNG's: a high-bit byte catches
+/// 7-bit transfers, `\r\n` and `\n` catch line-ending conversion, `\x1a` stops `type`).
+pub(crate) const SEGMENT_MAGIC: [u8; 8] = *b"\x89WSK\r\n\x1a\n";
+/// The only segment format version this build reads and writes.
+pub(crate) const SEGMENT_VERSION: u16 = 1;
+/// Bytes in a version-1 segment header.
+pub(crate) const SEGMENT_HEADER_BYTES: usize = 40;
+/// Offset of the header CRC. Fixed for every version, so that a flipped version field
+/// is detected as corruption instead of being read as "written by a newer walsink".
+pub(crate) const SEGMENT_HEADER_CRC_OFFSET: usize = 36;
+
+/// Bytes in a frame header (`len`, `crc`, `seq`) before the payload.
+pub(crate) const FRAME_HEADER_BYTES: usize = 16;
+/// Largest payload the format can describe; `max_record_bytes` must not exceed it.
+/// 1 GiB keeps a frame far below `u32::MAX` and below any sane single allocation.
+pub(crate) const FRAME_PAYLOAD_LIMIT_BYTES: usize = 1 << 30;
+
+/// Magic bytes opening each register slot (cursor and sequence lease files).
+pub(crate) const REGISTER_MAGIC: [u8; 4] = *b"WSRG";
+/// The only register slot version this build reads and writes.
+pub(crate) const REGISTER_VERSION: u16 = 1;
+/// Bytes in one register slot.
+pub(crate) const REGISTER_SLOT_BYTES: usize = 32;
+/// File offsets of the two slots. They sit in different 4 KiB blocks, so a torn write
+/// of one can never touch the other.
+pub(crate) const REGISTER_SLOT_OFFSETS: [u64; 2] = [0, 4096];
+/// Size of a register file: both slots.
+pub(crate) const REGISTER_FILE_BYTES: u64 = 4096 + REGISTER_SLOT_BYTES as u64;
+
+const _: () = assert!(SEGMENT_HEADER_CRC_OFFSET + 4 == SEGMENT_HEADER_BYTES);
+const _: () = assert!(FRAME_PAYLOAD_LIMIT_BYTES + FRAME_HEADER_BYTES <= u32::MAX as usize);
+const _: () = assert!(REGISTER_SLOT_BYTES as u64 <= REGISTER_SLOT_OFFSETS[1]);
+
+/// What kind of value a register file holds; recorded in every slot so that a cursor
+/// file copied over a lease file (or the reverse) is refused instead of trusted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum RegisterKind {
+    /// `CURSOR`: every record with a seq at or below the value was acknowledged.
+    Cursor = 1,
+    /// `SEQ_LEASE`: no seq at or above the value was ever handed out.
+    SeqLease = 2,
+}
+
+/// Why bytes read from disk were not accepted. Carried inside `WalError` and counted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum CorruptionKind {
+    /// The first bytes are not the expected magic.
+    BadMagic,
+    /// A header or slot CRC does not match its bytes.
+    HeaderCrc {
+        /// CRC stored in the header.
+        stored: u32,
+        /// CRC computed over the header bytes.
+        computed: u32,
+    },
+    /// A frame CRC does not match its bytes.
+    FrameCrc {
+        /// CRC stored in the frame.
+        stored: u32,
+        /// CRC computed over the frame.
+        computed: u32,
+    },
+    /// A frame claims more payload bytes than the configured maximum.
+    LengthOverLimit {
+        /// The length field.
+        len: u64,
+        /// The limit in force.
+        limit: u64,
+    },
+    /// A frame's seq is not the next one expected in its segment.
+    SeqNotIncreasing {
+        /// The seq expected (or the lowest acceptable one).
+        expected: u64,
+        /// The seq found.
+        found: u64,
+    },
+    /// The file ends inside a header or frame.
+    Truncated {
+        /// Bytes needed to finish the structure.
+        needed: u64,
+        /// Bytes available.
+        available: u64,
+    },
+    /// A header names a different first seq than the file name.
+    NameMismatch {
+        /// First seq from the file name.
+        named: u64,
+        /// First seq from the header.
+        header: u64,
+    },
+    /// A register slot belongs to another kind of register.
+    WrongRegister,
+}
+
+impl fmt::Display for CorruptionKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            Self::BadMagic => write!(f, "bad magic"),
+            Self::HeaderCrc { stored, computed } => {
+                write!(
+                    f,
+                    "header crc mismatch: stored {stored:#010x}, computed {computed:#010x}"
+                )
+            }
+            Self::FrameCrc { stored, computed } => {
+                write!(
+                    f,
+                    "frame crc mismatch: stored {stored:#010x}, computed {computed:#010x}"
+                )
+            }
+            Self::LengthOverLimit { len, limit } => {
+                write!(f, "frame length {len} over limit {limit}")
+            }
+            Self::SeqNotIncreasing { expected, found } => {
+                write!(f, "seq not increasing: expected {expected}, found {found}")
+            }
+            Self::Truncated { needed, available } => {
+                write!(f, "truncated: needed {needed} bytes, {available} available")
+            }
+            Self::NameMismatch { named, header } => {
+                write!(f, "file name says first seq {named}, header says {header}")
+            }
+            Self::WrongRegister => write!(f, "slot belongs to another register"),
+        }
+    }
+}
+
+fn u16_at(b: &[u8], at: usize) -> Option<u16> {
+    Some(u16::from_le_bytes(b.get(at..at + 2)?.try_into().ok()?))
+}
+fn u32_at(b: &[u8], at: usize) -> Option<u32> {
+    Some(u32::from_le_bytes(b.get(at..at + 4)?.try_into().ok()?))
+}
+fn u64_at(b: &[u8], at: usize) -> Option<u64> {
+    Some(u64::from_le_bytes(b.get(at..at + 8)?.try_into().ok()?))
+}
+
+// ---------------------------------------------------------------------------------------
+// Segment header
+// ---------------------------------------------------------------------------------------
+
+/// The header at the start of every segment file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct SegmentHeader {
+    /// Codec that encoded every payload in this segment.
+    pub(crate) codec_id: u32,
+    /// Seq of the first frame this segment may hold (also its file name).
+    pub(crate) first_seq: u64,
+    /// Seq of the last frame of the previous segment when this one was created, or 0 if
+    /// unknown. Lets a reader notice that a sealed segment lost frames at its end.
+    pub(crate) prev_last_seq: u64,
+}
+
+/// Outcome of decoding a segment header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum HeaderStatus {
+    /// A valid header of the supported version.
+    Valid(SegmentHeader),
+    /// A CRC-valid header written by a format version this build does not know.
+    UnsupportedVersion(u16),
+    /// Not a readable header.
+    Corrupt(CorruptionKind),
+}
+
+impl SegmentHeader {
+    /// Encodes the header.
+    pub(crate) fn encode(&self) -> [u8; SEGMENT_HEADER_BYTES] {
+        let mut b = [0u8; SEGMENT_HEADER_BYTES];
+        b[0..8].copy_from_slice(&SEGMENT_MAGIC);
+        b[8..10].copy_from_slice(&SEGMENT_VERSION.to_le_bytes());
+        // 10..12 flags, 32..36 reserved: zero in version 1.
+        b[12..16].copy_from_slice(&self.codec_id.to_le_bytes());
+        b[16..24].copy_from_slice(&self.first_seq.to_le_bytes());
+        b[24..32].copy_from_slice(&self.prev_last_seq.to_le_bytes());
+        let crc = crc32fast::hash(&b[..SEGMENT_HEADER_CRC_OFFSET]);
+        b[SEGMENT_HEADER_CRC_OFFSET..].copy_from_slice(&crc.to_le_bytes());
+        b
+    }
+
+    /// Decodes untrusted bytes. Order: magic, CRC, then version (see the constant doc).
+    pub(crate) fn decode(b: &[u8]) -> HeaderStatus {
+        let truncated = CorruptionKind::Truncated {
+            needed: SEGMENT_HEADER_BYTES as u64,
+            available: b.len() as u64,
+        };
+        let Some(magic) = b.get(0..8) else {
+            return HeaderStatus::Corrupt(truncated);
+        };
+        if magic != SEGMENT_MAGIC {
+            return HeaderStatus::Corrupt(CorruptionKind::BadMagic);
+        }
+        let (Some(covered), Some(stored)) = (
+            b.get(..SEGMENT_HEADER_CRC_OFFSET),
+            u32_at(b, SEGMENT_HEADER_CRC_OFFSET),
+        ) else {
+            return HeaderStatus::Corrupt(truncated);
+        };
+        let computed = crc32fast::hash(covered);
+        if computed != stored {
+            return HeaderStatus::Corrupt(CorruptionKind::HeaderCrc { stored, computed });
+        }
+        match (u16_at(b, 8), u32_at(b, 12), u64_at(b, 16), u64_at(b, 24)) {
+            (Some(SEGMENT_VERSION), Some(codec_id), Some(first_seq), Some(prev_last_seq)) => {
+                HeaderStatus::Valid(SegmentHeader {
+                    codec_id,
+                    first_seq,
+                    prev_last_seq,
+                })
+            }
+            (Some(version), ..) => HeaderStatus::UnsupportedVersion(version),
+            _ => HeaderStatus::Corrupt(truncated),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Record frame
+// ---------------------------------------------------------------------------------------
+
+/// CRC of a frame: covers `len`, `seq` and the payload, i.e. everything that identifies
+/// the record (the CRC field itself is the only byte range left out).
+pub(crate) fn frame_crc(len: u32, seq: u64, payload: &[u8]) -> u32 {
+    let mut h = crc32fast::Hasher::new();
+    h.update(&len.to_le_bytes());
+    h.update(&seq.to_le_bytes());
+    h.update(payload);
+    h.finalize()
+}
+
+/// Appends one frame to `out`. The caller has checked the payload against
+/// `max_record_bytes`, which never exceeds [`FRAME_PAYLOAD_LIMIT_BYTES`].
+pub(crate) fn encode_frame(out: &mut Vec<u8>, seq: u64, payload: &[u8]) {
+    assert!(seq > 0, "invariant violation: seq 0 is reserved for 'none'");
+    assert!(
+        payload.len() <= FRAME_PAYLOAD_LIMIT_BYTES,
+        "invariant violation: payload of {} bytes over the format limit {FRAME_PAYLOAD_LIMIT_BYTES}",
+        payload.len()
+    );
+    // The assert above bounds the length, so this conversion cannot fail.
+    let len = u32::try_from(payload.len()).unwrap_or(u32::MAX);
+    out.extend_from_slice(&len.to_le_bytes());
+    out.extend_from_slice(&frame_crc(len, seq, payload).to_le_bytes());
+    out.extend_from_slice(&seq.to_le_bytes());
+    out.extend_from_slice(payload);
+}
+
+/// Bytes a frame with `payload_len` payload bytes occupies on disk.
+pub(crate) const fn frame_bytes(payload_len: usize) -> u64 {
+    (FRAME_HEADER_BYTES + payload_len) as u64
+}
+
+/// Outcome of decoding the frame at the start of a buffer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum FrameStatus {
+    /// A whole, checksum-valid frame.
+    Valid {
+        /// Its seq.
+        seq: u64,
+        /// Payload length in bytes (payload starts at `FRAME_HEADER_BYTES`).
+        payload_len: usize,
+    },
+    /// The buffer ends before the frame does: read `needed` bytes in all, or, at the end
+    /// of the file, this is a torn tail.
+    Incomplete {
+        /// Total bytes the frame needs from its start.
+        needed: usize,
+    },
+    /// Not a frame.
+    Corrupt(CorruptionKind),
+}
+
+/// Decodes the frame at the start of `b`. A length above `max_payload_bytes` is
+/// corruption, decided before anything else is read, so no length from disk sizes an
+/// allocation. Seq 0 is never written, so an all-zero region is corruption too.
+pub(crate) fn decode_frame(b: &[u8], max_payload_bytes: usize) -> FrameStatus {
+    let (Some(len), Some(stored), Some(seq)) = (u32_at(b, 0), u32_at(b, 4), u64_at(b, 8)) else {
+        return FrameStatus::Incomplete {
+            needed: FRAME_HEADER_BYTES,
+        };
+    };
+    let payload_len = len as usize;
+    if payload_len > max_payload_bytes {
+        return FrameStatus::Corrupt(CorruptionKind::LengthOverLimit {
+            len: u64::from(len),
+            limit: max_payload_bytes as u64,
+        });
+    }
+    let needed = FRAME_HEADER_BYTES + payload_len;
+    let Some(payload) = b.get(FRAME_HEADER_BYTES..needed) else {
+        return FrameStatus::Incomplete { needed };
+    };
+    let computed = frame_crc(len, seq, payload);
+    if computed != stored {
+        return FrameStatus::Corrupt(CorruptionKind::FrameCrc { stored, computed });
+    }
+    if seq == 0 {
+        return FrameStatus::Corrupt(CorruptionKind::SeqNotIncreasing {
+            expected: 1,
+            found: 0,
+        });
+    }
+    FrameStatus::Valid { seq, payload_len }
+}
+
+// ---------------------------------------------------------------------------------------
+// Register slot (cursor and seq lease)
+// ---------------------------------------------------------------------------------------
+
+/// One slot of a two-slot register file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct RegisterSlot {
+    /// Which register this slot belongs to.
+    pub(crate) kind: RegisterKind,
+    /// Incremented on every write; the valid slot with the higher generation wins.
+    pub(crate) generation: u64,
+    /// The stored value (acked seq or lease end).
+    pub(crate) value: u64,
+}
+
+impl RegisterSlot {
+    /// Encodes the slot.
+    pub(crate) fn encode(&self) -> [u8; REGISTER_SLOT_BYTES] {
+        let mut b = [0u8; REGISTER_SLOT_BYTES];
+        b[0..4].copy_from_slice(&REGISTER_MAGIC);
+        b[4..6].copy_from_slice(&REGISTER_VERSION.to_le_bytes());
+        b[6..8].copy_from_slice(&(self.kind as u16).to_le_bytes());
+        b[8..16].copy_from_slice(&self.generation.to_le_bytes());
+        b[16..24].copy_from_slice(&self.value.to_le_bytes());
+        // 24..28 reserved: zero in version 1.
+        let crc = crc32fast::hash(&b[..28]);
+        b[28..32].copy_from_slice(&crc.to_le_bytes());
+        b
+    }
+
+    /// Decodes untrusted bytes as a slot of register `kind`. An unknown version in a
+    /// CRC-valid slot is reported as such, never guessed at.
+    pub(crate) fn decode(b: &[u8], kind: RegisterKind) -> Result<Self, SlotError> {
+        let magic = b
+            .get(0..4)
+            .ok_or(SlotError::Corrupt(CorruptionKind::Truncated {
+                needed: REGISTER_SLOT_BYTES as u64,
+                available: b.len() as u64,
+            }))?;
+        if magic != REGISTER_MAGIC {
+            return Err(SlotError::Corrupt(CorruptionKind::BadMagic));
+        }
+        let truncated = SlotError::Corrupt(CorruptionKind::Truncated {
+            needed: REGISTER_SLOT_BYTES as u64,
+            available: b.len() as u64,
+        });
+        let covered = b.get(..28).ok_or(truncated)?;
+        let stored = u32_at(b, 28).ok_or(truncated)?;
+        let computed = crc32fast::hash(covered);
+        if stored != computed {
+            return Err(SlotError::Corrupt(CorruptionKind::HeaderCrc {
+                stored,
+                computed,
+            }));
+        }
+        let version = u16_at(b, 4).ok_or(truncated)?;
+        if version != REGISTER_VERSION {
+            return Err(SlotError::UnsupportedVersion(version));
+        }
+        if u16_at(b, 6) != Some(kind as u16) {
+            return Err(SlotError::Corrupt(CorruptionKind::WrongRegister));
+        }
+        Ok(Self {
+            kind,
+            generation: u64_at(b, 8).ok_or(truncated)?,
+            value: u64_at(b, 16).ok_or(truncated)?,
+        })
+    }
+}
+
+/// Why a register slot was not accepted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum SlotError {
+    /// Damaged or never written.
+    Corrupt(CorruptionKind),
+    /// CRC-valid, but of a version this build does not know.
+    UnsupportedVersion(u16),
+}
+
+// ---------------------------------------------------------------------------------------
+// File names
+// ---------------------------------------------------------------------------------------
+
+/// Suffix of segment files.
+pub(crate) const SEGMENT_SUFFIX: &str = ".seg";
+/// Digits in a segment file name: enough for `u64::MAX`, so names sort like seqs.
+pub(crate) const SEGMENT_NAME_DIGITS: usize = 20;
+/// Name of the cursor register file.
+pub(crate) const CURSOR_FILE: &str = "CURSOR";
+/// Name of the seq lease register file.
+pub(crate) const SEQ_LEASE_FILE: &str = "SEQ_LEASE";
+/// Name of the lock file.
+pub(crate) const LOCK_FILE: &str = "LOCK";
+/// Suffix appended to a file that could not be read, instead of deleting it.
+pub(crate) const QUARANTINE_SUFFIX: &str = ".quarantined";
+
+/// Builds the file name of the segment whose first seq is `first_seq`.
+pub(crate) fn segment_file_name(first_seq: u64) -> String {
+    format!(
+        "{first_seq:0width$}{SEGMENT_SUFFIX}",
+        width = SEGMENT_NAME_DIGITS
+    )
+}
+
+/// Parses a segment file name back into its first seq. Anything else is `None`.
+pub(crate) fn parse_segment_file_name(name: &str) -> Option<u64> {
+    let digits = name.strip_suffix(SEGMENT_SUFFIX)?;
+    if digits.len() != SEGMENT_NAME_DIGITS || !digits.bytes().all(|c| c.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hex(b: &[u8]) -> String {
+        b.iter()
+            .map(|x| format!("{x:02x}"))
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+
+    /// The hex below also appears in docs/FORMAT.md; change both or neither.
+    #[test]
+    fn golden_segment_header() {
+        let h = SegmentHeader {
+            codec_id: 1,
+            first_seq: 1,
+            prev_last_seq: 0,
+        };
+        let b = h.encode();
+        assert_eq!(
+            hex(&b),
+            "89 57 53 4b 0d 0a 1a 0a 01 00 00 00 01 00 00 00 01 00 00 00 00 00 00 00 \
+             00 00 00 00 00 00 00 00 00 00 00 00 9f d0 9d cc"
+        );
+        assert_eq!(SegmentHeader::decode(&b), HeaderStatus::Valid(h));
+    }
+
+    /// The hex below also appears in docs/FORMAT.md; change both or neither.
+    #[test]
+    fn golden_frame() {
+        let mut out = Vec::new();
+        encode_frame(&mut out, 7, b"hi");
+        assert_eq!(
+            hex(&out),
+            "02 00 00 00 40 9e 43 4b 07 00 00 00 00 00 00 00 68 69"
+        );
+        assert_eq!(
+            decode_frame(&out, 16),
+            FrameStatus::Valid {
+                seq: 7,
+                payload_len: 2
+            }
+        );
+    }
+
+    /// The hex below also appears in docs/FORMAT.md; change both or neither.
+    #[test]
+    fn golden_register_slot() {
+        let s = RegisterSlot {
+            kind: RegisterKind::Cursor,
+            generation: 3,
+            value: 42,
+        };
+        let b = s.encode();
+        assert_eq!(
+            hex(&b),
+            "57 53 52 47 01 00 01 00 03 00 00 00 00 00 00 00 2a 00 00 00 00 00 00 00 \
+             00 00 00 00 78 50 07 78"
+        );
+        assert_eq!(RegisterSlot::decode(&b, RegisterKind::Cursor), Ok(s));
+        assert_eq!(
+            RegisterSlot::decode(&b, RegisterKind::SeqLease),
+            Err(SlotError::Corrupt(CorruptionKind::WrongRegister))
+        );
+    }
+
+    #[test]
+    fn every_header_bit_flip_is_detected() {
+        let b = SegmentHeader {
+            codec_id: 9,
+            first_seq: 1234,
+            prev_last_seq: 1233,
+        }
+        .encode();
+        for i in 0..b.len() * 8 {
+            let mut c = b;
+            c[i / 8] ^= 1 << (i % 8);
+            assert!(
+                !matches!(SegmentHeader::decode(&c), HeaderStatus::Valid(_)),
+                "flip of bit {i} went unnoticed"
+            );
+        }
+    }
+
+    #[test]
+    fn unknown_version_with_valid_crc_is_reported_not_guessed() {
+        let mut b = SegmentHeader {
+            codec_id: 1,
+            first_seq: 1,
+            prev_last_seq: 0,
+        }
+        .encode();
+        b[8] = 2;
+        let crc = crc32fast::hash(&b[..SEGMENT_HEADER_CRC_OFFSET]);
+        b[SEGMENT_HEADER_CRC_OFFSET..].copy_from_slice(&crc.to_le_bytes());
+        assert_eq!(
+            SegmentHeader::decode(&b),
+            HeaderStatus::UnsupportedVersion(2)
+        );
+    }
+
+    #[test]
+    fn frame_decode_statuses() {
+        let mut f = Vec::new();
+        encode_frame(&mut f, 1, &[5u8; 100]);
+        for cut in 0..f.len() {
+            assert!(
+                matches!(
+                    decode_frame(&f[..cut], 1000),
+                    FrameStatus::Incomplete { .. }
+                ),
+                "cut at {cut}"
+            );
+        }
+        assert!(matches!(
+            decode_frame(&f, 99),
+            FrameStatus::Corrupt(CorruptionKind::LengthOverLimit {
+                len: 100,
+                limit: 99
+            })
+        ));
+        let mut g = f.clone();
+        g[20] ^= 0x10;
+        assert!(matches!(
+            decode_frame(&g, 1000),
+            FrameStatus::Corrupt(CorruptionKind::FrameCrc { .. })
+        ));
+        assert!(matches!(
+            decode_frame(&[0u8; 64], 1000),
+            FrameStatus::Corrupt(_)
+        ));
+    }
+
+    #[test]
+    fn segment_names_round_trip_and_reject_strays() {
+        for seq in [1u64, 42, u64::MAX] {
+            let n = segment_file_name(seq);
+            assert_eq!(n.len(), SEGMENT_NAME_DIGITS + SEGMENT_SUFFIX.len());
+            assert_eq!(parse_segment_file_name(&n), Some(seq));
+        }
+        assert!(segment_file_name(9) < segment_file_name(10));
+        for stray in [
+            "1.seg",
+            "abc",
+            "0000000000000000000a.seg",
+            "00000000000000000001.seg.quarantined",
+        ] {
+            assert_eq!(parse_segment_file_name(stray), None, "{stray}");
+        }
+        assert_eq!(parse_segment_file_name("99999999999999999999.seg"), None);
+    }
+}

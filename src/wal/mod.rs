@@ -1,0 +1,75 @@
+//! The write-ahead log: design, limits, the life of a record, and what survives a crash.
+//!
+//! # Files
+//!
+//! One directory per sink (`0700`), files `0600`:
+//!
+//! | file | what |
+//! |---|---|
+//! | `LOCK` | flock'ed while a sink owns the directory |
+//! | `CURSOR` | two-slot register: every seq at or below it was acknowledged |
+//! | `SEQ_LEASE` | two-slot register: no seq at or above it was ever handed out |
+//! | `<20-digit first seq>.seg` | a segment: header, then frames with contiguous seqs |
+//! | `*.quarantined` | a file that could not be read, renamed aside (never deleted) |
+//!
+//! Byte layouts are in `docs/FORMAT.md` and [`format`]. Only [`storage`] touches the
+//! filesystem, so a simulated disk can stand in for it.
+//!
+//! # Limits
+//!
+//! - a frame's payload: `max_record_bytes` (at most 1 GiB, the format limit); a larger
+//!   length read from disk is corruption, never an allocation;
+//! - a segment: `segment_bytes`, except a segment holding a single larger record;
+//! - disk: `max_disk_bytes` counts segment bytes plus frames reserved by queued records;
+//! - memory: the queue (`queue_capacity` records), the writer buffer (1 MiB plus one
+//!   frame), the reader buffer (256 KiB or one frame), one batch (`batch_size` records,
+//!   cut at 8 MiB plus one record). None of them grows with the backlog on disk.
+//!
+//! # Life of a record
+//!
+//! 1. `try_push` encodes it on the caller, reserves its frame bytes from the budget and
+//!    queues it (bounded `tokio::mpsc`).
+//! 2. The writer thread assigns the next seq, frames it (length, CRC-32, seq, payload),
+//!    and writes the round's frames with one `pwrite`. Then it publishes `written_seq`.
+//!    From here on a process crash cannot lose the record (it is in the page cache).
+//! 3. An fdatasync (per [`Durability`](crate::Durability), or requested by `sync` /
+//!    `push_durable`) makes it durable: it now survives power loss.
+//! 4. The delivery task reads it back from the segment file (the same path as crash
+//!    replay), decodes it and hands it to the drain in a batch.
+//! 5. When the drain acknowledges, the cursor is written (page cache).
+//! 6. When the cursor passes a whole sealed segment, the cursor is fsynced, then the
+//!    segment is deleted and its bytes return to the budget.
+//!
+//! # Crash table
+//!
+//! | crash after step | process crash (`kill -9`) | power loss |
+//! |---|---|---|
+//! | 1 (queued) | lost: the record was never written | lost |
+//! | 2 (written) | kept, replayed | lost unless a later fsync covered it |
+//! | 3 (synced) | kept, replayed | kept, replayed |
+//! | 4 (delivered, not acked) | replayed (duplicate) | replayed (duplicate) |
+//! | 5 (cursor written) | not replayed | replayed if the cursor write was not yet synced |
+//! | 6 (cursor synced, deleted) | not replayed | not replayed; an undone delete is redone at open |
+//!
+//! A seq always names one record: before handing out seqs past the lease, the writer
+//! fsyncs a higher lease, and every open starts at or above the lease. A record that
+//! was delivered before a power loss erased it from the WAL therefore never has its
+//! seq reused by a different record.
+//!
+//! # Invariants checked with `assert!`
+//!
+//! - seq strictly increases as frames are built; seq 0 is never written;
+//! - `written_seq`, `synced_seq` and the cursor never move back; `synced_seq <=
+//!   written_seq`;
+//! - a segment is deleted only when the durable cursor is past it, and the active
+//!   segment never is;
+//! - a new segment starts above every existing one.
+
+pub(crate) mod cursor;
+pub(crate) mod format;
+pub(crate) mod reader;
+pub(crate) mod recovery;
+pub(crate) mod register;
+pub(crate) mod segment;
+pub(crate) mod storage;
+pub(crate) mod writer;

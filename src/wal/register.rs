@@ -1,0 +1,255 @@
+//! A durable `u64` in two checksummed slots: the cursor and the seq lease.
+//!
+//! # Protocol
+//!
+//! The file holds two [`RegisterSlot`]s in different 4 KiB blocks. Each write bumps a
+//! generation and goes to the *scratch* slot; the other slot, the *durable* one, holds
+//! the last value made durable by [`Register::sync`] and is never written until a newer
+//! value is durable. `sync` fsyncs the file and swaps the roles.
+//!
+//! On open, both slots are decoded and the valid one with the higher generation wins.
+//! Why that is safe after a power loss at any point:
+//! - the durable slot was not touched since its fsync, so it decodes;
+//! - the scratch slot holds either a newer value (higher generation, correctly wins),
+//!   a torn write (CRC fails, ignored), or the value from two syncs ago (lower
+//!   generation, loses).
+//!
+//! So the register never reads back below the last durable value, and a torn write
+//! can never make it unreadable. Between syncs, writes survive a process crash (they
+//! are in the page cache) but not a power loss.
+
+use std::io;
+use std::path::Path;
+
+use super::format::{
+    REGISTER_FILE_BYTES, REGISTER_SLOT_BYTES, REGISTER_SLOT_OFFSETS, RegisterKind, RegisterSlot,
+    SlotError,
+};
+use super::storage::{Storage, StorageFile, read_full_at};
+
+/// An open register file.
+#[derive(Debug)]
+pub(crate) struct Register {
+    file: Box<dyn StorageFile>,
+    kind: RegisterKind,
+    /// Generation of the most recently written slot.
+    generation: u64,
+    /// Most recently written value.
+    value: u64,
+    /// Value known durable.
+    durable_value: u64,
+    /// Index of the slot holding `durable_value`.
+    durable_slot: usize,
+    /// A value was written to the scratch slot since the last sync.
+    dirty: bool,
+}
+
+/// What was found when opening a register file.
+#[derive(Debug)]
+pub(crate) enum RegisterOpen {
+    /// A valid slot was found; the register is open.
+    Loaded(Register),
+    /// The file does not exist.
+    Missing,
+    /// The file exists but neither slot decodes.
+    Unreadable,
+    /// A CRC-valid slot of an unknown version.
+    UnsupportedVersion(u16),
+}
+
+impl Register {
+    /// Opens an existing register file and makes its current value durable (a value
+    /// read back from the page cache after a process crash may not be durable yet).
+    pub(crate) fn open(
+        storage: &dyn Storage,
+        path: &Path,
+        kind: RegisterKind,
+    ) -> io::Result<RegisterOpen> {
+        let file = match storage.open(path, true) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(RegisterOpen::Missing),
+            Err(e) => return Err(e),
+        };
+        let mut best: Option<(usize, RegisterSlot)> = None;
+        for (i, &offset) in REGISTER_SLOT_OFFSETS.iter().enumerate() {
+            let mut buf = [0u8; REGISTER_SLOT_BYTES];
+            let n = read_full_at(file.as_ref(), &mut buf, offset)?;
+            match RegisterSlot::decode(buf.get(..n).unwrap_or_default(), kind) {
+                Ok(slot) => {
+                    if best.is_none_or(|(_, b)| slot.generation > b.generation) {
+                        best = Some((i, slot));
+                    }
+                }
+                Err(SlotError::UnsupportedVersion(v)) => {
+                    return Ok(RegisterOpen::UnsupportedVersion(v));
+                }
+                Err(SlotError::Corrupt(_)) => {}
+            }
+        }
+        let Some((slot_index, slot)) = best else {
+            return Ok(RegisterOpen::Unreadable);
+        };
+        // Sync: the winning slot may only be in the page cache (process crash before its
+        // sync); deletions at open rely on the value being durable.
+        file.sync()?;
+        Ok(RegisterOpen::Loaded(Self {
+            file,
+            kind,
+            generation: slot.generation,
+            value: slot.value,
+            durable_value: slot.value,
+            durable_slot: slot_index,
+            dirty: false,
+        }))
+    }
+
+    /// Creates a new register file holding `value`, durable (file and directory entry)
+    /// before it returns. Fails if the file exists.
+    pub(crate) fn create(
+        storage: &dyn Storage,
+        dir: &Path,
+        name: &str,
+        kind: RegisterKind,
+        value: u64,
+    ) -> io::Result<Self> {
+        let file = storage.create_new(&dir.join(name))?;
+        let slot = RegisterSlot {
+            kind,
+            generation: 1,
+            value,
+        };
+        file.write_all_at(&slot.encode(), REGISTER_SLOT_OFFSETS[0])?;
+        file.set_len(REGISTER_FILE_BYTES)?;
+        // Sync the file: a power loss must not leave the new register with no valid slot.
+        file.sync()?;
+        // Sync the directory: a power loss could drop the new file's entry, and the next
+        // open would treat the register as missing (cursor: replay from the oldest
+        // segment; lease: no bound on seqs handed out).
+        storage.sync_dir(dir)?;
+        Ok(Self {
+            file,
+            kind,
+            generation: 1,
+            value,
+            durable_value: value,
+            durable_slot: 0,
+            dirty: false,
+        })
+    }
+
+    /// The most recently written value.
+    pub(crate) fn value(&self) -> u64 {
+        self.value
+    }
+
+    /// The value that survives a power loss.
+    pub(crate) fn durable_value(&self) -> u64 {
+        self.durable_value
+    }
+
+    /// Writes `value` to the scratch slot: survives a process crash, not a power loss.
+    pub(crate) fn write(&mut self, value: u64) -> io::Result<()> {
+        let generation = self.generation + 1;
+        let slot = RegisterSlot {
+            kind: self.kind,
+            generation,
+            value,
+        };
+        let scratch = 1 - self.durable_slot;
+        self.file
+            .write_all_at(&slot.encode(), REGISTER_SLOT_OFFSETS[scratch])?;
+        self.generation = generation;
+        self.value = value;
+        self.dirty = true;
+        Ok(())
+    }
+
+    /// Makes the last written value durable.
+    pub(crate) fn sync(&mut self) -> io::Result<()> {
+        if !self.dirty {
+            return Ok(());
+        }
+        // fsync: until it returns, a power loss may revert the scratch slot, and the
+        // durable slot (untouched) still holds the previous durable value.
+        self.file.sync()?;
+        self.durable_slot = 1 - self.durable_slot;
+        self.durable_value = self.value;
+        self.dirty = false;
+        Ok(())
+    }
+
+    /// Writes and syncs `value`.
+    pub(crate) fn write_durable(&mut self, value: u64) -> io::Result<()> {
+        self.write(value)?;
+        self.sync()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wal::storage::RealStorage;
+
+    fn loaded(r: RegisterOpen) -> Register {
+        match r {
+            RegisterOpen::Loaded(r) => r,
+            other => panic!("expected a loaded register, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn reopen_returns_last_written_value() -> io::Result<()> {
+        let tmp = tempfile::tempdir()?;
+        let s = RealStorage;
+        let path = tmp.path().join("CURSOR");
+        assert!(matches!(
+            Register::open(&s, &path, RegisterKind::Cursor)?,
+            RegisterOpen::Missing
+        ));
+        let mut r = Register::create(&s, tmp.path(), "CURSOR", RegisterKind::Cursor, 5)?;
+        for v in 6..20 {
+            r.write(v)?;
+            if v % 3 == 0 {
+                r.sync()?;
+            }
+        }
+        drop(r);
+        let r = loaded(Register::open(&s, &path, RegisterKind::Cursor)?);
+        assert_eq!(r.value(), 19);
+        assert!(matches!(
+            Register::open(&s, &path, RegisterKind::SeqLease)?,
+            RegisterOpen::Unreadable
+        ));
+        Ok(())
+    }
+
+    /// A torn scratch write falls back to the durable slot, never below it.
+    #[test]
+    fn torn_scratch_slot_falls_back_to_durable_value() -> io::Result<()> {
+        let tmp = tempfile::tempdir()?;
+        let s = RealStorage;
+        let path = tmp.path().join("CURSOR");
+        let mut r = Register::create(&s, tmp.path(), "CURSOR", RegisterKind::Cursor, 1)?;
+        r.write_durable(10)?; // durable in slot 1
+        r.write(11)?; // scratch is slot 0
+        let scratch = REGISTER_SLOT_OFFSETS[1 - r.durable_slot];
+        drop(r);
+        let f = s.open(&path, true)?;
+        f.write_all_at(&[0xAB; 7], scratch + 9)?; // tear it
+        let r = loaded(Register::open(&s, &path, RegisterKind::Cursor)?);
+        assert_eq!(r.value(), 10);
+        Ok(())
+    }
+
+    #[test]
+    fn garbage_file_is_unreadable_not_a_panic() -> io::Result<()> {
+        let tmp = tempfile::tempdir()?;
+        let path = tmp.path().join("CURSOR");
+        std::fs::write(&path, b"not a cursor")?;
+        assert!(matches!(
+            Register::open(&RealStorage, &path, RegisterKind::Cursor)?,
+            RegisterOpen::Unreadable
+        ));
+        Ok(())
+    }
+}

@@ -1,0 +1,232 @@
+//! The only door to the disk.
+//!
+//! Every byte the WAL reads or writes, every fsync, rename, delete and lock goes through
+//! [`Storage`] and [`StorageFile`]. [`RealStorage`] is the production implementation on
+//! `std::fs`; a simulated disk (power loss, torn writes, failing fsync, ENOSPC) plugs in
+//! at the same place. Both traits are object safe and synchronous: they are only called
+//! from the WAL writer thread and from `spawn_blocking` closures, never from a tokio
+//! worker directly.
+//!
+//! Semantics the WAL relies on (and a simulated disk must model):
+//! - `write_all_at` puts bytes in the page cache: they survive a process crash, not a
+//!   power loss.
+//! - `sync` (fdatasync) makes a file's written bytes and its size durable; it does not
+//!   make the file's directory entry durable.
+//! - `sync_dir` makes creates, renames and deletes in that directory durable.
+//! - A lock is held until its guard is dropped or the process dies.
+
+use std::fmt::Debug;
+use std::fs::{self, File, OpenOptions};
+use std::io;
+use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt};
+use std::path::Path;
+
+/// One directory entry, as listed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct DirEntryInfo {
+    /// File name (lossily converted; a name that is not UTF-8 is never one of ours).
+    pub(crate) name: String,
+    /// Whether it is a regular file.
+    pub(crate) is_file: bool,
+}
+
+/// A held lock; dropping it releases the lock.
+pub(crate) trait LockGuard: Send + Sync + Debug {}
+
+/// Why a lock was not taken.
+#[derive(Debug)]
+pub(crate) enum LockError {
+    /// Another holder (this process or another) has it.
+    Held,
+    /// The lock file could not be opened or locked.
+    Io(io::Error),
+}
+
+/// Directory-level operations.
+pub(crate) trait Storage: Send + Sync + Debug + 'static {
+    /// Creates `path` and missing parents with mode `0700`; Ok if it is already a directory.
+    fn create_dir_all(&self, path: &Path) -> io::Result<()>;
+    /// Lists the entries of a directory (not recursive).
+    fn list(&self, dir: &Path) -> io::Result<Vec<DirEntryInfo>>;
+    /// Creates a new file (mode `0600`), failing if it exists; opened for read and write.
+    fn create_new(&self, path: &Path) -> io::Result<Box<dyn StorageFile>>;
+    /// Opens an existing file for reading, and for writing if `write`.
+    fn open(&self, path: &Path, write: bool) -> io::Result<Box<dyn StorageFile>>;
+    /// Renames a file within the directory.
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()>;
+    /// Removes a file.
+    fn remove_file(&self, path: &Path) -> io::Result<()>;
+    /// Makes the directory's entries (creates, renames, deletes) durable.
+    fn sync_dir(&self, dir: &Path) -> io::Result<()>;
+    /// Takes an exclusive lock on `path` (created `0600` if missing), without waiting.
+    fn try_lock(&self, path: &Path) -> Result<Box<dyn LockGuard>, LockError>;
+}
+
+/// One open file.
+pub(crate) trait StorageFile: Send + Sync + Debug {
+    /// Reads up to `buf.len()` bytes at `offset`; returns how many (0 at end of file).
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize>;
+    /// Writes all of `buf` at `offset`.
+    fn write_all_at(&self, buf: &[u8], offset: u64) -> io::Result<()>;
+    /// fdatasync: written bytes and the file size become durable.
+    fn sync(&self) -> io::Result<()>;
+    /// Truncates or extends the file to `len` bytes.
+    fn set_len(&self, len: u64) -> io::Result<()>;
+    /// Current size in bytes.
+    fn len(&self) -> io::Result<u64>;
+}
+
+/// Reads as many bytes as the file has at `offset`, up to `buf.len()`: short only at
+/// end of file. Interrupted reads are retried; the loop is bounded by `buf.len()`.
+pub(crate) fn read_full_at(
+    file: &dyn StorageFile,
+    buf: &mut [u8],
+    offset: u64,
+) -> io::Result<usize> {
+    let mut done = 0;
+    while done < buf.len() {
+        let at = offset.checked_add(done as u64).ok_or_else(|| {
+            io::Error::new(io::ErrorKind::InvalidInput, "read offset overflows u64")
+        })?;
+        let rest = buf.get_mut(done..).unwrap_or_default();
+        match file.read_at(rest, at) {
+            Ok(0) => break,
+            Ok(n) => done += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(done)
+}
+
+/// The real filesystem.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct RealStorage;
+
+#[derive(Debug)]
+struct RealFile(File);
+
+#[derive(Debug)]
+struct RealLock(#[allow(dead_code)] File);
+
+impl LockGuard for RealLock {}
+
+impl Storage for RealStorage {
+    fn create_dir_all(&self, path: &Path) -> io::Result<()> {
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(path)
+    }
+
+    fn list(&self, dir: &Path) -> io::Result<Vec<DirEntryInfo>> {
+        let mut out = Vec::new();
+        for entry in fs::read_dir(dir)? {
+            let entry = entry?;
+            out.push(DirEntryInfo {
+                name: entry.file_name().to_string_lossy().into_owned(),
+                is_file: entry.file_type()?.is_file(),
+            });
+        }
+        Ok(out)
+    }
+
+    fn create_new(&self, path: &Path) -> io::Result<Box<dyn StorageFile>> {
+        let f = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(path)?;
+        Ok(Box::new(RealFile(f)))
+    }
+
+    fn open(&self, path: &Path, write: bool) -> io::Result<Box<dyn StorageFile>> {
+        let f = OpenOptions::new().read(true).write(write).open(path)?;
+        Ok(Box::new(RealFile(f)))
+    }
+
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        fs::rename(from, to)
+    }
+
+    fn remove_file(&self, path: &Path) -> io::Result<()> {
+        fs::remove_file(path)
+    }
+
+    fn sync_dir(&self, dir: &Path) -> io::Result<()> {
+        File::open(dir)?.sync_all()
+    }
+
+    fn try_lock(&self, path: &Path) -> Result<Box<dyn LockGuard>, LockError> {
+        let f = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(path)
+            .map_err(LockError::Io)?;
+        // flock(2) on an open file description: a second open of the same file, in this
+        // process or another, conflicts; the kernel drops it when the process dies.
+        match f.try_lock() {
+            Ok(()) => Ok(Box::new(RealLock(f))),
+            Err(fs::TryLockError::WouldBlock) => Err(LockError::Held),
+            Err(fs::TryLockError::Error(e)) => Err(LockError::Io(e)),
+        }
+    }
+}
+
+impl StorageFile for RealFile {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+        self.0.read_at(buf, offset)
+    }
+    fn write_all_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
+        self.0.write_all_at(buf, offset)
+    }
+    fn sync(&self) -> io::Result<()> {
+        self.0.sync_data()
+    }
+    fn set_len(&self, len: u64) -> io::Result<()> {
+        self.0.set_len(len)
+    }
+    fn len(&self) -> io::Result<u64> {
+        Ok(self.0.metadata()?.len())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn files_are_0600_dirs_0700_and_locks_exclude() -> io::Result<()> {
+        let tmp = tempfile::tempdir()?;
+        let dir = tmp.path().join("a/b");
+        let s = RealStorage;
+        s.create_dir_all(&dir)?;
+        assert_eq!(fs::metadata(&dir)?.permissions().mode() & 0o777, 0o700);
+        let f = s.create_new(&dir.join("x"))?;
+        f.write_all_at(b"hello", 3)?;
+        f.sync()?;
+        assert_eq!(f.len()?, 8);
+        assert_eq!(
+            fs::metadata(dir.join("x"))?.permissions().mode() & 0o777,
+            0o600
+        );
+        let mut buf = [0u8; 16];
+        assert_eq!(read_full_at(f.as_ref(), &mut buf, 0)?, 8);
+        assert_eq!(&buf[3..8], b"hello");
+        let lock = s
+            .try_lock(&dir.join("LOCK"))
+            .map_err(|_| io::Error::other("lock"))?;
+        assert!(matches!(
+            s.try_lock(&dir.join("LOCK")),
+            Err(LockError::Held)
+        ));
+        drop(lock);
+        assert!(s.try_lock(&dir.join("LOCK")).is_ok());
+        Ok(())
+    }
+}

@@ -1,0 +1,408 @@
+//! The WAL writer: assigns seqs, appends frames, rolls segments, group-commits fsyncs.
+//!
+//! It runs on its own OS thread (`walsink-writer`) with a current-thread tokio runtime
+//! used only for waiting (channel receive, the sync timer, cancellation). Its file I/O
+//! and fsyncs are plain blocking calls on that thread, so they never stall a worker of
+//! the application's runtime, and a slow fsync delays only this sink's writes. A
+//! dedicated thread (rather than `spawn_blocking` per batch) keeps one thread hot,
+//! keeps the write position in one owner, and costs no hand-off per batch.
+//!
+//! # One round
+//!
+//! 1. Take every queued message at once (up to [`MSGS_PER_ROUND`]).
+//! 2. Frame each record into the write buffer under the next seq; roll first if the
+//!    frame would push the segment past `segment_bytes` (and the segment holds a frame).
+//! 3. Write the buffer with one `pwrite`, publish `written_seq`, wake the delivery task.
+//! 4. If anyone in the round waits for durability, or the mode asks for it, one
+//!    fdatasync covers them all (group commit); then answer the waiters.
+//!
+//! # Failure
+//!
+//! Any write or fsync error is sticky ([`Shared::fail`]): the writer answers every later
+//! message with it, never retries an fsync (after a failed fsync the page cache may have
+//! dropped the dirty pages, so a second fsync "succeeding" proves nothing), and never
+//! reports durability again. Records queued behind the failure are not written.
+
+use std::io;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::format::{SEGMENT_HEADER_BYTES, SegmentHeader, encode_frame, frame_bytes};
+use super::register::Register;
+use super::segment::{SegmentInfo, SegmentSet, create_segment};
+use super::storage::{Storage, StorageFile};
+use crate::config::Durability;
+use crate::error::SinkError;
+use crate::shared::Shared;
+
+/// Most messages taken from the queue per round: bounds the latency of a round and
+/// the waiters answered at once.
+pub(crate) const MSGS_PER_ROUND: usize = 4096;
+/// The write buffer is written out when it reaches this size, so one round never
+/// holds more than about this much plus one frame.
+pub(crate) const WRITE_BUF_BYTES: usize = 1 << 20;
+/// Seqs reserved per durable lease write: one small fsync per this many records.
+pub(crate) const LEASE_BLOCK: u64 = 1 << 20;
+
+/// Result of `push_durable`: the record's seq once it is durable.
+pub(crate) type DurableReply = oneshot::Sender<Result<u64, SinkError>>;
+/// Result of `sync` / `flush`.
+pub(crate) type DoneReply = oneshot::Sender<Result<(), SinkError>>;
+
+/// What producers send to the writer, in FIFO order.
+#[derive(Debug)]
+pub(crate) enum WriterMsg {
+    /// An encoded record; its frame bytes were reserved from the disk budget.
+    Record {
+        /// Encoded payload.
+        payload: Vec<u8>,
+        /// Answered once the record is durable, for `push_durable`.
+        durable: Option<DurableReply>,
+    },
+    /// `sync()`: answer once every record before it is durable.
+    Sync(DoneReply),
+    /// `flush()`: forwarded to the delivery task with the seq it must see acknowledged.
+    Flush(DoneReply),
+}
+
+/// A `flush()` the delivery task must answer once `acked_seq >= target`.
+#[derive(Debug)]
+pub(crate) struct FlushRequest {
+    /// Last seq assigned before the flush.
+    pub(crate) target: u64,
+    /// The caller.
+    pub(crate) done: DoneReply,
+}
+
+/// Everything the writer starts from, produced by recovery.
+#[derive(Debug)]
+pub(crate) struct WriterInit {
+    pub(crate) storage: Arc<dyn Storage>,
+    pub(crate) dir: PathBuf,
+    pub(crate) codec_id: u32,
+    pub(crate) segment_bytes: u64,
+    pub(crate) durability: Durability,
+    pub(crate) segments: Arc<Mutex<SegmentSet>>,
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) active: Box<dyn StorageFile>,
+    pub(crate) active_first_seq: u64,
+    pub(crate) active_len: u64,
+    pub(crate) next_seq: u64,
+    pub(crate) lease: Register,
+}
+
+/// The writer's state. See the module doc.
+#[derive(Debug)]
+pub(crate) struct WalWriter {
+    init: WriterInit,
+    buf: Vec<u8>,
+    /// Written bytes not yet covered by an fsync.
+    unsynced: bool,
+    /// When the oldest unsynced write happened (for `Durability::Interval`).
+    unsynced_since: Option<Instant>,
+    failed: Option<Arc<io::Error>>,
+}
+
+impl WalWriter {
+    pub(crate) fn new(init: WriterInit) -> Self {
+        Self {
+            init,
+            buf: Vec::with_capacity(WRITE_BUF_BYTES),
+            unsynced: false,
+            unsynced_since: None,
+            failed: None,
+        }
+    }
+
+    fn last_seq(&self) -> u64 {
+        self.init.next_seq - 1
+    }
+
+    fn append(&mut self, payload: &[u8]) -> io::Result<u64> {
+        let frame = frame_bytes(payload.len());
+        let used = self.init.active_len + self.buf.len() as u64;
+        if used > SEGMENT_HEADER_BYTES as u64 && used + frame > self.init.segment_bytes {
+            self.roll()?;
+        }
+        let seq = self.init.next_seq;
+        if seq >= self.init.lease.value() {
+            // fsync the lease before handing out seqs above it: after a power loss the
+            // next open starts at the lease, above every seq that may have been
+            // delivered, so a seq is never reused for another record.
+            self.init
+                .lease
+                .write_durable(seq.saturating_add(LEASE_BLOCK))?;
+        }
+        encode_frame(&mut self.buf, seq, payload);
+        self.init.next_seq = seq + 1;
+        if self.buf.len() >= WRITE_BUF_BYTES {
+            self.write_out()?;
+        }
+        Ok(seq)
+    }
+
+    fn write_out(&mut self) -> io::Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        self.init
+            .active
+            .write_all_at(&self.buf, self.init.active_len)?;
+        self.init.active_len += self.buf.len() as u64;
+        self.buf.clear();
+        self.init
+            .segments
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .set_len(self.init.active_first_seq, self.init.active_len);
+        self.unsynced = true;
+        self.unsynced_since.get_or_insert_with(Instant::now);
+        self.init.shared.publish_written(self.last_seq());
+        Ok(())
+    }
+
+    fn sync(&mut self) -> io::Result<()> {
+        self.write_out()?;
+        if !self.unsynced {
+            return Ok(());
+        }
+        let started = std::time::Instant::now();
+        // fsync the active segment: until it returns, a power loss may drop any record
+        // written since the last one, so no waiter is answered before it.
+        self.init.active.sync()?;
+        self.init
+            .shared
+            .metrics
+            .fsync_seconds
+            .record(started.elapsed().as_secs_f64());
+        self.unsynced = false;
+        self.unsynced_since = None;
+        self.init.shared.publish_synced(self.last_seq());
+        Ok(())
+    }
+
+    fn roll(&mut self) -> io::Result<()> {
+        // Rollover fsync: later syncs cover only the active segment, so what this
+        // segment holds must be durable before the writer moves on.
+        self.sync()?;
+        let first_seq = self.init.next_seq;
+        let header = SegmentHeader {
+            codec_id: self.init.codec_id,
+            first_seq,
+            prev_last_seq: self.last_seq(),
+        };
+        let file = create_segment(self.init.storage.as_ref(), &self.init.dir, header)?;
+        let header_bytes = SEGMENT_HEADER_BYTES as u64;
+        {
+            let mut set = self
+                .init
+                .segments
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            set.push(SegmentInfo {
+                first_seq,
+                prev_last_seq: header.prev_last_seq,
+                len: header_bytes,
+            });
+            self.init
+                .shared
+                .wal_segments
+                .store(set.count() as u64, std::sync::atomic::Ordering::Relaxed);
+        }
+        // The header is not covered by any producer's reservation.
+        self.init
+            .shared
+            .disk_used
+            .fetch_add(header_bytes, std::sync::atomic::Ordering::AcqRel);
+        self.init.active = file;
+        self.init.active_first_seq = first_seq;
+        self.init.active_len = header_bytes;
+        Ok(())
+    }
+
+    fn sync_deadline(&self) -> Option<Instant> {
+        match self.init.durability {
+            Durability::Interval(d) => self.unsynced_since.map(|t| t + d),
+            // `Always` syncs at the end of every round; `Never` only on request.
+            _ => None,
+        }
+    }
+
+    fn fail(&mut self, err: io::Error) -> Arc<io::Error> {
+        tracing::error!(dir = %self.init.dir.display(), error = %err, "WAL write failed; the sink refuses further writes");
+        self.init
+            .shared
+            .write_errors
+            .add(1, &self.init.shared.metrics.write_errors);
+        let err = self.init.shared.fail(err);
+        self.failed = Some(Arc::clone(&err));
+        err
+    }
+
+    fn failure(&self) -> Option<SinkError> {
+        self.failed.as_ref().map(|e| SinkError::Io(Arc::clone(e)))
+    }
+
+    /// Handles one round of messages (see the module doc).
+    fn round(&mut self, msgs: &mut Vec<WriterMsg>, flushes: &mpsc::UnboundedSender<FlushRequest>) {
+        let mut durable: Vec<(u64, DurableReply)> = Vec::new();
+        let mut syncs: Vec<DoneReply> = Vec::new();
+        let taken = msgs.len() as u64;
+        for msg in msgs.drain(..) {
+            match msg {
+                WriterMsg::Record {
+                    payload,
+                    durable: reply,
+                } => {
+                    if self.failed.is_some() {
+                        self.init.shared.release(frame_bytes(payload.len()));
+                        if let (Some(tx), Some(e)) = (reply, self.failure()) {
+                            let _ = tx.send(Err(e));
+                        }
+                        continue;
+                    }
+                    match self.append(&payload) {
+                        Ok(seq) => {
+                            if let Some(tx) = reply {
+                                durable.push((seq, tx));
+                            }
+                        }
+                        Err(e) => {
+                            let e = self.fail(e);
+                            if let Some(tx) = reply {
+                                let _ = tx.send(Err(SinkError::Io(e)));
+                            }
+                        }
+                    }
+                }
+                WriterMsg::Sync(tx) => syncs.push(tx),
+                WriterMsg::Flush(tx) => {
+                    if self.failed.is_none() {
+                        if let Err(e) = self.write_out() {
+                            self.fail(e);
+                        }
+                    }
+                    match self.failure() {
+                        Some(e) => {
+                            let _ = tx.send(Err(e));
+                        }
+                        None => {
+                            let req = FlushRequest {
+                                target: self.last_seq(),
+                                done: tx,
+                            };
+                            if let Err(mpsc::error::SendError(req)) = flushes.send(req) {
+                                let _ = req.done.send(Err(SinkError::Closed));
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        self.init
+            .shared
+            .queued
+            .fetch_sub(taken, std::sync::atomic::Ordering::Relaxed);
+        let wants_sync = !durable.is_empty()
+            || !syncs.is_empty()
+            || self.init.durability == Durability::Always
+            || self.sync_deadline().is_some_and(|d| d <= Instant::now());
+        if self.failed.is_none() {
+            let res = if wants_sync {
+                self.sync()
+            } else {
+                self.write_out()
+            };
+            if let Err(e) = res {
+                self.fail(e);
+            }
+        }
+        let failure = self.failure();
+        for (seq, tx) in durable {
+            let _ = tx.send(failure.clone().map_or(Ok(seq), Err));
+        }
+        for tx in syncs {
+            let _ = tx.send(failure.clone().map_or(Ok(()), Err));
+        }
+    }
+
+    /// Final sync and exact lease, so a clean restart continues without a seq gap.
+    fn finish(&mut self) -> Result<(), Arc<io::Error>> {
+        if let Some(e) = &self.failed {
+            return Err(Arc::clone(e));
+        }
+        let res = self.sync().and_then(|()| {
+            // fsync the lease at its exact value: no seq at or above next_seq was handed out.
+            self.init.lease.write_durable(self.init.next_seq)
+        });
+        res.map_err(|e| self.fail(e))
+    }
+
+    /// The writer loop; returns when the queue is closed and empty (cancellation, or
+    /// every sink handle dropped). The one loop of the writer that ends only then.
+    pub(crate) async fn run(
+        mut self,
+        mut rx: mpsc::Receiver<WriterMsg>,
+        flushes: mpsc::UnboundedSender<FlushRequest>,
+        shutdown: CancellationToken,
+    ) -> Result<(), Arc<io::Error>> {
+        let mut msgs = Vec::with_capacity(MSGS_PER_ROUND);
+        let mut closing = false;
+        loop {
+            let deadline = self.sync_deadline();
+            tokio::select! {
+                biased;
+                () = shutdown.cancelled(), if !closing => {
+                    // Stop accepting; what is queued is still taken and written below.
+                    closing = true;
+                    rx.close();
+                }
+                () = sleep_until_opt(deadline), if deadline.is_some() && self.failed.is_none() => {
+                    if let Err(e) = self.sync() {
+                        self.fail(e);
+                    }
+                }
+                n = rx.recv_many(&mut msgs, MSGS_PER_ROUND) => {
+                    if n == 0 {
+                        break;
+                    }
+                    self.round(&mut msgs, &flushes);
+                }
+            }
+        }
+        self.finish()
+    }
+}
+
+async fn sleep_until_opt(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Starts the writer thread. `on_exit` is answered with the writer's final result.
+pub(crate) fn spawn_writer(
+    writer: WalWriter,
+    rx: mpsc::Receiver<WriterMsg>,
+    flushes: mpsc::UnboundedSender<FlushRequest>,
+    shutdown: CancellationToken,
+    on_exit: oneshot::Sender<Result<(), Arc<io::Error>>>,
+) -> io::Result<std::thread::JoinHandle<()>> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()?;
+    std::thread::Builder::new()
+        .name("walsink-writer".into())
+        .spawn(move || {
+            let shared = Arc::clone(&writer.init.shared);
+            let result = rt.block_on(writer.run(rx, flushes, shutdown));
+            // Wake the delivery task: it must notice that writing has ended.
+            shared.data_ready.notify_one();
+            let _ = on_exit.send(result);
+        })
+}
