@@ -171,10 +171,10 @@ impl<T: Send + 'static, D: SinkDrain<T>> Actor<T, D> {
             let written = self.shared.written_seq.load(Ordering::Acquire);
             let backlog = written.saturating_sub(self.acked_through);
             let now = Instant::now();
-            if let Some(stop_at) = self.stop_at {
-                if (backlog == 0 && self.writer_result.is_some()) || now >= stop_at {
-                    break;
-                }
+            if let Some(stop_at) = self.stop_at
+                && ((backlog == 0 && self.writer_result.is_some()) || now >= stop_at)
+            {
+                break;
             }
             if backlog > 0 {
                 let urgent = backlog >= self.batch_size as u64

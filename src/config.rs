@@ -193,13 +193,13 @@ impl SinkConfig {
                 ),
             );
         }
-        if let Durability::Interval(d) = self.durability {
-            if d.is_zero() {
-                return bad(
-                    "durability",
-                    "Interval(0) would fsync continuously: use Durability::Always".into(),
-                );
-            }
+        if let Durability::Interval(d) = self.durability
+            && d.is_zero()
+        {
+            return bad(
+                "durability",
+                "Interval(0) would fsync continuously: use Durability::Always".into(),
+            );
         }
         let r = &self.retry;
         if r.initial_delay.is_zero() || r.max_delay < r.initial_delay {

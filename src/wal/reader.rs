@@ -115,7 +115,7 @@ impl WalReader {
         // the position forward; both are bounded by the files and by `written_seq`.
         while self.position <= written_seq
             && out.len() < max_records
-            && !(out.len() > 0 && out.data.len() >= max_bytes)
+            && (out.is_empty() || out.data.len() < max_bytes)
         {
             let Some(cur) = self.current_segment(written_seq, &mut lost)? else {
                 break;

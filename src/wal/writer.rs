@@ -251,7 +251,16 @@ impl WalWriter {
     fn round(&mut self, msgs: &mut Vec<WriterMsg>, flushes: &mpsc::UnboundedSender<FlushRequest>) {
         let mut durable: Vec<(u64, DurableReply)> = Vec::new();
         let mut syncs: Vec<DoneReply> = Vec::new();
-        let taken = msgs.len() as u64;
+        // Taken off the queue now: `pending()` must not count them twice once a flush in
+        // this round is answered.
+        let records = msgs
+            .iter()
+            .filter(|m| matches!(m, WriterMsg::Record { .. }))
+            .count() as u64;
+        self.init
+            .shared
+            .queued
+            .fetch_sub(records, std::sync::atomic::Ordering::Relaxed);
         for msg in msgs.drain(..) {
             match msg {
                 WriterMsg::Record {
@@ -281,10 +290,10 @@ impl WalWriter {
                 }
                 WriterMsg::Sync(tx) => syncs.push(tx),
                 WriterMsg::Flush(tx) => {
-                    if self.failed.is_none() {
-                        if let Err(e) = self.write_out() {
-                            self.fail(e);
-                        }
+                    if self.failed.is_none()
+                        && let Err(e) = self.write_out()
+                    {
+                        self.fail(e);
                     }
                     match self.failure() {
                         Some(e) => {
@@ -303,10 +312,6 @@ impl WalWriter {
                 }
             }
         }
-        self.init
-            .shared
-            .queued
-            .fetch_sub(taken, std::sync::atomic::Ordering::Relaxed);
         let wants_sync = !durable.is_empty()
             || !syncs.is_empty()
             || self.init.durability == Durability::Always

@@ -1,0 +1,187 @@
+//! Drains and helpers shared by the scenario tests.
+#![allow(dead_code, unreachable_pub, missing_docs)]
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::{Semaphore, mpsc};
+use walsink::{Batch, DrainError, Durability, RetryPolicy, SinkConfig, SinkDrain};
+
+/// `(seq, value)` pairs in delivery order.
+pub type Log = Arc<Mutex<Vec<(u64, u64)>>>;
+
+pub fn new_log() -> Log {
+    Arc::new(Mutex::new(Vec::new()))
+}
+
+pub fn snapshot(log: &Log) -> Vec<(u64, u64)> {
+    log.lock().expect("log lock").clone()
+}
+
+pub fn values(log: &Log) -> Vec<u64> {
+    snapshot(log).into_iter().map(|(_, v)| v).collect()
+}
+
+/// A config with tiny limits so tests reach rollover and budgets fast.
+pub fn small_config(dir: &Path) -> SinkConfig {
+    let mut c = SinkConfig::new(dir);
+    c.batch_size = 64;
+    c.flush_interval = Duration::from_millis(20);
+    c.segment_bytes = 4096;
+    c.max_disk_bytes = 1 << 20;
+    c.max_record_bytes = 1024;
+    c.durability = Durability::Never;
+    c.retry = RetryPolicy {
+        initial_delay: Duration::from_millis(1),
+        max_delay: Duration::from_millis(5),
+        multiplier: 2.0,
+    };
+    c.shutdown_timeout = Duration::from_secs(10);
+    c
+}
+
+/// Appends every delivered record to a log; optionally reports each batch.
+pub struct Collect {
+    pub log: Log,
+    pub batches: Option<mpsc::UnboundedSender<usize>>,
+}
+
+impl Collect {
+    pub fn new(log: &Log) -> Self {
+        Self {
+            log: Arc::clone(log),
+            batches: None,
+        }
+    }
+}
+
+impl SinkDrain<u64> for Collect {
+    async fn write_batch(&mut self, batch: Batch<u64>) -> Result<(), DrainError> {
+        let n = batch.len();
+        self.log
+            .lock()
+            .expect("log lock")
+            .extend(batch.into_pairs());
+        if let Some(tx) = &self.batches {
+            let _ = tx.send(n);
+        }
+        Ok(())
+    }
+}
+
+/// Each `write_batch` announces itself on `entered`, then waits for one permit of
+/// `gate` before acknowledging.
+pub struct Gated {
+    pub log: Log,
+    pub gate: Arc<Semaphore>,
+    pub entered: mpsc::UnboundedSender<Vec<u64>>,
+}
+
+impl SinkDrain<u64> for Gated {
+    async fn write_batch(&mut self, batch: Batch<u64>) -> Result<(), DrainError> {
+        let _ = self.entered.send(batch.seqs().to_vec());
+        let permit = self.gate.acquire().await.map_err(DrainError::retryable)?;
+        permit.forget();
+        self.log
+            .lock()
+            .expect("log lock")
+            .extend(batch.into_pairs());
+        Ok(())
+    }
+}
+
+/// Never acknowledges: `write_batch` waits forever (shutdown abandons it).
+pub struct Stuck;
+
+impl SinkDrain<u64> for Stuck {
+    async fn write_batch(&mut self, _batch: Batch<u64>) -> Result<(), DrainError> {
+        std::future::pending().await
+    }
+}
+
+/// Fails the first `fail_first` calls with a retryable error, then collects.
+pub struct FlakyThenOk {
+    pub log: Log,
+    pub calls: Arc<AtomicUsize>,
+    pub fail_first: usize,
+}
+
+impl SinkDrain<u64> for FlakyThenOk {
+    async fn write_batch(&mut self, batch: Batch<u64>) -> Result<(), DrainError> {
+        let n = self.calls.fetch_add(1, Ordering::SeqCst);
+        if n < self.fail_first {
+            return Err(DrainError::retryable(format!("transient failure {n}")));
+        }
+        self.log
+            .lock()
+            .expect("log lock")
+            .extend(batch.into_pairs());
+        Ok(())
+    }
+}
+
+/// Rejects permanently any batch containing `poison`; collects the others.
+pub struct Poisoned {
+    pub log: Log,
+    pub poison: u64,
+    pub calls: Arc<AtomicUsize>,
+}
+
+impl SinkDrain<u64> for Poisoned {
+    async fn write_batch(&mut self, batch: Batch<u64>) -> Result<(), DrainError> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        if batch.iter().any(|(_, &v)| v == self.poison) {
+            return Err(DrainError::permanent(format!(
+                "value {} is poison",
+                self.poison
+            )));
+        }
+        self.log
+            .lock()
+            .expect("log lock")
+            .extend(batch.into_pairs());
+        Ok(())
+    }
+}
+
+/// Segment files in `dir`, sorted.
+pub fn segment_files(dir: &Path) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
+        .expect("read dir")
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "seg"))
+        .collect();
+    v.sort();
+    v
+}
+
+/// Sum of segment file sizes.
+pub fn segment_bytes_on_disk(dir: &Path) -> u64 {
+    segment_files(dir)
+        .iter()
+        .map(|p| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0))
+        .sum()
+}
+
+/// Files whose name ends in `.quarantined`.
+pub fn quarantined_files(dir: &Path) -> Vec<PathBuf> {
+    std::fs::read_dir(dir)
+        .expect("read dir")
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.to_string_lossy().ends_with(".quarantined"))
+        .collect()
+}
+
+/// Asserts seqs strictly increase along the log.
+pub fn assert_seqs_increase(log: &[(u64, u64)]) {
+    for w in log.windows(2) {
+        assert!(
+            w[0].0 < w[1].0,
+            "seqs not increasing: {:?} then {:?}",
+            w[0],
+            w[1]
+        );
+    }
+}
