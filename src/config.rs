@@ -86,8 +86,10 @@ impl RetryPolicy {
 
 /// Configuration of a [`DurableSink`](crate::DurableSink). See the field docs for
 /// defaults; [`SinkConfig::new`] sets them.
+///
+/// Not `#[non_exhaustive]` on purpose: struct-update syntax from `SinkConfig::new` is the
+/// intended way to build one, and it keeps working when fields are added.
 #[derive(Debug, Clone)]
-#[non_exhaustive]
 pub struct SinkConfig {
     /// WAL directory; created `0700` if missing. One sink per directory.
     pub dir: PathBuf,

@@ -58,6 +58,8 @@ mod codec;
 mod config;
 mod drain;
 mod error;
+#[cfg(test)]
+mod fault_tests;
 mod handle;
 mod metrics;
 mod shared;

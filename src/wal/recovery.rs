@@ -49,8 +49,8 @@ pub struct RecoveryReport {
     pub acked_seq: u64,
     /// Seq the first new record gets.
     pub next_seq: u64,
-    /// Upper bound of records recovered for replay (seqs between the cursor and
-    /// `next_seq`; gaps make the true number smaller).
+    /// Upper bound of records recovered for replay: seqs between the cursor and the
+    /// last valid frame (gaps and damage make the true number smaller).
     pub replay_seqs: u64,
     /// Bytes of torn tail truncated from the last segment.
     pub truncated_bytes: u64,
@@ -382,7 +382,8 @@ pub(crate) fn recover(
     report.segments = set.count();
     report.acked_seq = acked;
     report.next_seq = next_seq;
-    report.replay_seqs = next_seq.saturating_sub(acked.saturating_add(1));
+    let last_written = tail_state.map_or(next_seq - 1, |(_, last, _)| last);
+    report.replay_seqs = last_written.saturating_sub(acked);
     tracing::info!(dir = %dir.display(), ?report, "WAL opened");
     Ok(Recovered {
         lock,

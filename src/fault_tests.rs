@@ -1,0 +1,228 @@
+//! Sticky I/O failure, tested through the storage trait.
+//!
+//! `FaultyStorage` wraps the real filesystem and, when told, fails fsyncs with EIO or
+//! writes with ENOSPC. The rule under test (DESIGN §1, `SinkError::Io`): after a failed
+//! write or fsync the sink refuses pushes and `sync()`, never claims durability again
+//! (even once the disk "recovers"), and a reopen recovers what was durable.
+
+use std::io;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::wal::storage::{DirEntryInfo, LockError, LockGuard, RealStorage, Storage, StorageFile};
+use crate::{
+    Batch, BincodeCodec, Codec, DrainError, Durability, DurableSink, SinkConfig, SinkDrain,
+    SinkError,
+};
+
+#[derive(Debug, Default)]
+struct Faults {
+    fail_sync: AtomicBool,
+    fail_write: AtomicBool,
+}
+
+#[derive(Debug)]
+struct FaultyStorage {
+    faults: Arc<Faults>,
+}
+
+#[derive(Debug)]
+struct FaultyFile {
+    inner: Box<dyn StorageFile>,
+    faults: Arc<Faults>,
+}
+
+impl Storage for FaultyStorage {
+    fn create_dir_all(&self, path: &Path) -> io::Result<()> {
+        RealStorage.create_dir_all(path)
+    }
+    fn list(&self, dir: &Path) -> io::Result<Vec<DirEntryInfo>> {
+        RealStorage.list(dir)
+    }
+    fn create_new(&self, path: &Path) -> io::Result<Box<dyn StorageFile>> {
+        Ok(Box::new(FaultyFile {
+            inner: RealStorage.create_new(path)?,
+            faults: Arc::clone(&self.faults),
+        }))
+    }
+    fn open(&self, path: &Path, write: bool) -> io::Result<Box<dyn StorageFile>> {
+        Ok(Box::new(FaultyFile {
+            inner: RealStorage.open(path, write)?,
+            faults: Arc::clone(&self.faults),
+        }))
+    }
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        RealStorage.rename(from, to)
+    }
+    fn remove_file(&self, path: &Path) -> io::Result<()> {
+        RealStorage.remove_file(path)
+    }
+    fn sync_dir(&self, dir: &Path) -> io::Result<()> {
+        RealStorage.sync_dir(dir)
+    }
+    fn try_lock(&self, path: &Path) -> Result<Box<dyn LockGuard>, LockError> {
+        RealStorage.try_lock(path)
+    }
+}
+
+impl StorageFile for FaultyFile {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+        self.inner.read_at(buf, offset)
+    }
+    fn write_all_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
+        if self.faults.fail_write.load(Ordering::SeqCst) {
+            return Err(io::Error::from(io::ErrorKind::StorageFull));
+        }
+        self.inner.write_all_at(buf, offset)
+    }
+    fn sync(&self) -> io::Result<()> {
+        if self.faults.fail_sync.load(Ordering::SeqCst) {
+            return Err(io::Error::other("injected EIO on fsync"));
+        }
+        self.inner.sync()
+    }
+    fn set_len(&self, len: u64) -> io::Result<()> {
+        self.inner.set_len(len)
+    }
+    fn len(&self) -> io::Result<u64> {
+        self.inner.len()
+    }
+}
+
+struct Collect(Arc<Mutex<Vec<u64>>>);
+
+impl SinkDrain<u64> for Collect {
+    async fn write_batch(&mut self, batch: Batch<u64>) -> Result<(), DrainError> {
+        self.0
+            .lock()
+            .map_err(|e| DrainError::retryable(e.to_string()))?
+            .extend(batch.into_items());
+        Ok(())
+    }
+}
+
+fn config(dir: &Path) -> SinkConfig {
+    let mut c = SinkConfig::new(dir);
+    c.durability = Durability::Never;
+    c.segment_bytes = 4096;
+    c.max_disk_bytes = 1 << 20;
+    c.max_record_bytes = 1024;
+    c.flush_interval = Duration::from_secs(3600);
+    c
+}
+
+async fn open_faulty(
+    dir: &Path,
+    faults: &Arc<Faults>,
+    got: &Arc<Mutex<Vec<u64>>>,
+) -> (DurableSink<u64>, crate::SinkHandle, CancellationToken) {
+    let shutdown = CancellationToken::new();
+    let codec: Arc<dyn Codec<u64>> = Arc::new(BincodeCodec);
+    let storage = Arc::new(FaultyStorage {
+        faults: Arc::clone(faults),
+    });
+    let (sink, handle) = DurableSink::open_on(
+        storage,
+        config(dir),
+        codec,
+        Collect(Arc::clone(got)),
+        shutdown.clone(),
+    )
+    .await
+    .expect("open");
+    (sink, handle, shutdown)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_fsync_is_sticky_and_never_reported_as_durable() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let faults = Arc::new(Faults::default());
+    let got = Arc::new(Mutex::new(Vec::new()));
+    let (sink, handle, shutdown) = open_faulty(tmp.path(), &faults, &got).await;
+    assert_eq!(sink.push_durable(1).await, Ok(1));
+
+    faults.fail_sync.store(true, Ordering::SeqCst);
+    assert!(matches!(sink.push_durable(2).await, Err(SinkError::Io(_))));
+    assert!(matches!(sink.sync().await, Err(SinkError::Io(_))));
+    assert!(matches!(sink.try_push(3), Err(SinkError::Io(_))));
+    assert!(matches!(sink.push(4).await, Err(SinkError::Io(_))));
+
+    // The disk "recovers": the sink still refuses to claim durability.
+    faults.fail_sync.store(false, Ordering::SeqCst);
+    assert!(matches!(sink.sync().await, Err(SinkError::Io(_))));
+    assert!(matches!(sink.push_durable(5).await, Err(SinkError::Io(_))));
+    assert!(sink.stats().write_errors >= 1);
+    shutdown.cancel();
+    assert!(
+        matches!(handle.join().await, Err(SinkError::Io(_))),
+        "join reports the failure"
+    );
+
+    // A reopen recovers what was durable.
+    let got2 = Arc::new(Mutex::new(Vec::new()));
+    let (sink, handle, shutdown) =
+        open_faulty(tmp.path(), &Arc::new(Faults::default()), &got2).await;
+    sink.flush().await.expect("flush");
+    let all: Vec<u64> = got
+        .lock()
+        .expect("lock")
+        .iter()
+        .chain(got2.lock().expect("lock").iter())
+        .copied()
+        .collect();
+    assert!(
+        all.contains(&1),
+        "the record reported durable was lost: {all:?}"
+    );
+    assert!(
+        !all.contains(&3) && !all.contains(&4) && !all.contains(&5),
+        "refused records appeared: {all:?}"
+    );
+    shutdown.cancel();
+    handle.join().await.expect("join");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_fails_writes_cleanly_and_keeps_what_was_durable() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let faults = Arc::new(Faults::default());
+    let got = Arc::new(Mutex::new(Vec::new()));
+    let (sink, handle, shutdown) = open_faulty(tmp.path(), &faults, &got).await;
+    for i in 0..50 {
+        sink.push(i).await.expect("push");
+    }
+    sink.sync().await.expect("sync");
+    faults.fail_write.store(true, Ordering::SeqCst);
+    match sink.push_durable(99).await {
+        Err(SinkError::Io(e)) => assert_eq!(e.kind(), io::ErrorKind::StorageFull),
+        other => panic!("expected Io(StorageFull), got {other:?}"),
+    }
+    assert!(matches!(sink.sync().await, Err(SinkError::Io(_))));
+    shutdown.cancel();
+    let _ = handle.join().await;
+
+    let got2 = Arc::new(Mutex::new(Vec::new()));
+    let (sink, handle, shutdown) =
+        open_faulty(tmp.path(), &Arc::new(Faults::default()), &got2).await;
+    sink.flush().await.expect("flush");
+    let mut all: Vec<u64> = got
+        .lock()
+        .expect("lock")
+        .iter()
+        .chain(got2.lock().expect("lock").iter())
+        .copied()
+        .collect();
+    all.sort_unstable();
+    all.dedup();
+    assert_eq!(
+        all,
+        (0..50).collect::<Vec<_>>(),
+        "every synced record, and nothing the full disk refused"
+    );
+    shutdown.cancel();
+    handle.join().await.expect("join");
+}
