@@ -7,35 +7,36 @@
 //! deleted. After a crash, everything not yet acknowledged is delivered again.
 //!
 //! ```no_run
+//! # #![allow(dead_code)]
 //! use walsink::{Batch, DrainError, Durability, DurableSink, OpenError, Overflow,
 //!               SinkConfig, SinkDrain, SinkError, SinkHandle};
-//! # #[derive(serde::Serialize, serde::Deserialize)]
+//! # #[derive(Clone, Copy, serde::Serialize, serde::Deserialize)]
 //! # struct Event { id: u64 }
 //! # struct MyDrain;
 //! # impl SinkDrain<Event> for MyDrain {
 //! #     async fn write_batch(&mut self, _batch: Batch<Event>) -> Result<(), DrainError> { Ok(()) }
 //! # }
 //! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
-//! # let (my_drain, ev) = (MyDrain, || Event { id: 1 });
+//! # let (my_drain, ev) = (MyDrain, Event { id: 1 });
 //! let cfg = SinkConfig { batch_size: 512, ..SinkConfig::new("/var/lib/app/dlq-wal") };
 //! let shutdown = tokio_util::sync::CancellationToken::new();
 //! let (sink, handle) = DurableSink::<Event>::open(cfg, my_drain, shutdown.clone()).await?;
 //!
-//! sink.try_push(ev())?;          // sync-shaped, never blocks or awaits
-//! sink.push(ev()).await?;        // awaits room (disk budget / queue), whatever the Overflow mode
-//! sink.push_durable(ev()).await?; // resolves once this record is fsynced (group commit)
-//! sink.sync().await?;            // every record accepted before the call is fsynced
-//! sink.flush().await?;           // every record accepted before the call is acked by the drain
+//! sink.try_push(ev)?;          // sync-shaped, never blocks or awaits
+//! sink.push(ev).await?;        // awaits room (disk budget / queue), whatever the Overflow mode
+//! sink.push_durable(ev).await?; // resolves once this record is fsynced (group commit)
+//! sink.sync().await?;          // every record accepted before the call is fsynced
+//! sink.flush().await?;         // every record accepted before the call is acked by the drain
 //! sink.dropped(); sink.pending(); sink.stats();
 //!
 //! shutdown.cancel();
-//! handle.join().await?;          // graceful: writer synced, cursor persisted, drain closed
+//! handle.join().await?;        // graceful: writer synced, cursor persisted, drain closed
 //! # let _: Option<(Durability, Overflow, OpenError, SinkError, SinkHandle)> = None;
 //! # Ok(()) }
 //! ```
 //!
-//! A complete program that runs (with the setup hidden above) is in
-//! `examples/quickstart.rs`; the guarantees and the tests behind each are in
+//! The snippet is DESIGN §1's, compiled as written. A runnable example follows on
+//! [`DurableSink`]; a complete program is `examples/quickstart.rs`; the guarantees and the tests behind each are in
 //! `docs/GUARANTEES.md`, the byte format in `docs/FORMAT.md`.
 //!
 //! # Data flow
