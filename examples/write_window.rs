@@ -23,9 +23,16 @@ impl SinkDrain<u64> for Noop {
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let samples: usize = std::env::args().nth(1).map(|s| s.parse()).transpose()?.unwrap_or(2000);
+    let samples: usize = std::env::args()
+        .nth(1)
+        .map(|s| s.parse())
+        .transpose()?
+        .unwrap_or(2000);
     let dir = std::env::temp_dir().join(format!("walsink-write-window-{}", std::process::id()));
-    let cfg = SinkConfig { durability: Durability::Never, ..SinkConfig::new(&dir) };
+    let cfg = SinkConfig {
+        durability: Durability::Never,
+        ..SinkConfig::new(&dir)
+    };
     let shutdown = CancellationToken::new();
     let (sink, handle) = DurableSink::<u64>::open(cfg, Noop, shutdown.clone()).await?;
     let mut waits = Vec::with_capacity(samples);
@@ -48,7 +55,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let (tx, mut rx) = tokio::sync::mpsc::channel::<u64>(16);
     let done = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
     let seen = done.clone();
-    let rt = tokio::runtime::Builder::new_current_thread().enable_time().build()?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()?;
     let thread = std::thread::spawn(move || {
         rt.block_on(async move {
             while let Some(v) = rx.recv().await {

@@ -315,9 +315,15 @@ impl<T: Send + 'static, D: SinkDrain<T>> Actor<T, D> {
     /// Delivers frames with retry and bisection (see the module doc).
     async fn deliver_frames(&mut self, frames: &FrameBatch) -> Result<(), Interrupted> {
         let mut good = Vec::with_capacity(frames.len());
+        let mut first_seqs = Vec::with_capacity(frames.len());
+        let mut first_items = Vec::with_capacity(frames.len());
         for (i, &seq) in frames.seqs().iter().enumerate() {
             match self.codec.decode(frames.payload(i)) {
-                Ok(_) => good.push(i),
+                Ok(v) => {
+                    good.push(i);
+                    first_seqs.push(seq);
+                    first_items.push(v);
+                }
                 Err(e) => {
                     tracing::error!(seq, error = %e, "WAL record does not decode with this codec; skipped");
                     self.shared
@@ -326,6 +332,9 @@ impl<T: Send + 'static, D: SinkDrain<T>> Actor<T, D> {
                 }
             }
         }
+        // The first attempt delivers what was just decoded; retries and halves decode
+        // again from the frames (records are not `Clone`).
+        let mut first = Some(Batch::new(first_seqs, first_items));
         // Ranges of `good` still to deliver, in order (last pushed = next).
         let mut todo: Vec<(usize, usize)> = vec![(0, good.len())];
         while let Some((lo, hi)) = todo.pop() {
@@ -335,7 +344,10 @@ impl<T: Send + 'static, D: SinkDrain<T>> Actor<T, D> {
             }
             let mut attempt: u32 = 0;
             loop {
-                let batch = self.build(frames, idx);
+                let batch = match first.take() {
+                    Some(b) => b,
+                    None => self.build(frames, idx),
+                };
                 let replayed = batch
                     .seqs()
                     .iter()

@@ -67,6 +67,11 @@ mod shared;
 mod sink;
 mod wal;
 
+/// The README's code blocks compile as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
+
 pub use codec::{BINCODE_CODEC_ID, BincodeCodec, Codec, CodecError, RAW_CODEC_ID, RawCodec};
 pub use config::{
     Durability, MAX_QUEUE_CAPACITY, MIN_SEGMENT_BYTES, Overflow, RetryPolicy, SinkConfig,
