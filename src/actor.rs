@@ -493,7 +493,7 @@ async fn sleep_until_opt(deadline: Option<Instant>) {
 /// A small PRNG for backoff jitter (SplitMix64): no dependency, no lock, good enough to
 /// spread retries; not for anything secret.
 #[derive(Debug)]
-pub(crate) struct SplitMix64(u64);
+pub(crate) struct SplitMix64(pub(crate) u64);
 
 impl SplitMix64 {
     pub(crate) fn from_entropy() -> Self {

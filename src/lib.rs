@@ -63,7 +63,11 @@ mod error;
 mod fault_tests;
 mod handle;
 mod metrics;
+#[cfg(test)]
+mod model_tests;
 mod shared;
+#[cfg(test)]
+mod sim;
 mod sink;
 mod wal;
 

@@ -59,7 +59,7 @@ pub(crate) enum RegisterOpen {
 
 impl Register {
     /// Opens an existing register file and makes its current value durable (a value
-    /// read back from the page cache after a process crash may not be durable yet).
+    /// read back from the page cache may not be durable yet; see the comment inside).
     pub(crate) fn open(
         storage: &dyn Storage,
         path: &Path,
@@ -89,8 +89,14 @@ impl Register {
         let Some((slot_index, slot)) = best else {
             return Ok(RegisterOpen::Unreadable);
         };
-        // Sync: the winning slot may only be in the page cache (process crash before its
-        // sync); deletions at open rely on the value being durable.
+        // Rewrite the winning slot in place, then fsync. The slot may be in the page
+        // cache only: written before a process crash, or, worse, left clean-but-not-
+        // durable by a failed fsync of an earlier process (after which a plain fsync
+        // would write nothing). Rewriting identical bytes makes them dirty, so the fsync
+        // really persists them; a power loss during it tears only this slot, while the
+        // other slot, which may hold the last truly durable value, is never touched.
+        // Only then is this slot treated as the durable one.
+        file.write_all_at(&slot.encode(), REGISTER_SLOT_OFFSETS[slot_index])?;
         file.sync()?;
         Ok(RegisterOpen::Loaded(Self {
             file,
@@ -250,6 +256,51 @@ mod tests {
             Register::open(&RealStorage, &path, RegisterKind::Cursor)?,
             RegisterOpen::Unreadable
         ));
+        Ok(())
+    }
+
+    /// Regression (model test seed 45138056503): after a failed fsync, a slot can be
+    /// left in the page cache, clean but not durable. A restart that trusted it and
+    /// then overwrote the other slot lost both to a power loss.
+    #[test]
+    fn a_slot_dropped_by_a_failed_fsync_is_made_durable_before_trusting_it() -> io::Result<()> {
+        use crate::sim::{Crash, SimDisk};
+        for seed in 0..64 {
+            let disk = SimDisk::new(seed);
+            let dir = Path::new("/w");
+            let path = dir.join("CURSOR");
+            let mut r = Register::create(
+                disk.storage().as_ref(),
+                dir,
+                "CURSOR",
+                RegisterKind::Cursor,
+                5,
+            )?;
+            r.write_durable(6)?; // durable: gen 2 = 6
+            r.write(7)?; // scratch: gen 3 = 7
+            disk.fail_sync_after(Some(1));
+            assert!(r.sync().is_err()); // fsyncgate: gen 3 is live but never durable
+            disk.fail_sync_after(None);
+            drop(r);
+            disk.crash(Crash::Process); // restart; the page cache still shows gen 3
+            let mut r = loaded(Register::open(
+                disk.storage().as_ref(),
+                &path,
+                RegisterKind::Cursor,
+            )?);
+            assert_eq!(r.value(), 7);
+            r.write(8)?; // goes to the other slot
+            disk.crash(Crash::PowerLoss {
+                tear: true,
+                flip: false,
+            });
+            match Register::open(disk.storage().as_ref(), &path, RegisterKind::Cursor)? {
+                RegisterOpen::Loaded(r) => {
+                    assert!(r.value() >= 7, "seed {seed}: moved back to {}", r.value())
+                }
+                other => panic!("seed {seed}: register unreadable after power loss: {other:?}"),
+            }
+        }
         Ok(())
     }
 }

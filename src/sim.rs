@@ -1,0 +1,566 @@
+//! A simulated disk for fault testing: power loss, torn writes, bit flips, failing
+//! fsync and ENOSPC, deterministic from a seed.
+//!
+//! # Model
+//!
+//! Each file (an inode) has *live* bytes (what reads see: the page cache) and *durable*
+//! bytes (what survives a power loss), plus the list of dirty writes since its last
+//! fsync. A successful fsync applies the dirty writes to the durable bytes.
+//! The directory has *live* and *durable* entries (name → inode). What makes what
+//! durable:
+//! - `StorageFile::sync` (fdatasync): the file's live bytes and size become durable;
+//! - `Storage::sync_dir`: the directory's live entries (creates, renames, deletes)
+//!   become durable. Directories themselves are durable once created (a simplification:
+//!   walsink creates its directory once, at open).
+//!
+//! [`SimDisk::crash`] ends the current "process": every handle of the old epoch fails
+//! with EIO from then on, and locks are released. What the next epoch sees:
+//! - [`Crash::Process`]: everything live (the kernel survives a process crash);
+//! - [`Crash::PowerLoss`]: durable entries with durable contents; then, per file, a
+//!   random prefix of the unsynced writes is applied in order, and the last one applied
+//!   may be torn at a random byte (`tear`) or have one bit flipped (`flip`).
+//!
+//! # Faults
+//!
+//! - `fail_sync_after(n)`: the n-th and every later fsync (file or directory) fails
+//!   with EIO. Like Linux after a writeback error, the writes that sync covered are
+//!   then never made durable by a later sync ("fsyncgate").
+//! - `space_bytes(n)`: writes beyond `n` live bytes in all files fail with ENOSPC after
+//!   writing a random prefix (as a real partial write does).
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use crate::actor::SplitMix64;
+use crate::wal::storage::{DirEntryInfo, LockError, LockGuard, Storage, StorageFile};
+
+/// How a crash happens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Crash {
+    /// The process dies; the kernel keeps every write.
+    Process,
+    /// The machine loses power: only durable data survives, plus a random prefix of
+    /// unsynced writes, the last one possibly torn or bit-flipped.
+    PowerLoss {
+        /// The last applied unsynced write may stop at a random byte.
+        tear: bool,
+        /// The last applied unsynced write may have one bit flipped.
+        flip: bool,
+    },
+}
+
+#[derive(Debug, Clone)]
+enum Write {
+    At { offset: u64, data: Vec<u8> },
+    SetLen(u64),
+}
+
+#[derive(Debug, Default, Clone)]
+struct Inode {
+    live: Vec<u8>,
+    durable: Vec<u8>,
+    unsynced: Vec<Write>,
+}
+
+fn apply(buf: &mut Vec<u8>, w: &Write) {
+    match w {
+        Write::At { offset, data } => {
+            let start = usize::try_from(*offset).unwrap_or(usize::MAX);
+            let end = start.saturating_add(data.len());
+            if buf.len() < end {
+                buf.resize(end, 0);
+            }
+            if let Some(dst) = buf.get_mut(start..end) {
+                dst.copy_from_slice(data);
+            }
+        }
+        Write::SetLen(n) => buf.resize(usize::try_from(*n).unwrap_or(usize::MAX), 0),
+    }
+}
+
+#[derive(Debug)]
+struct State {
+    epoch: u64,
+    inodes: HashMap<u64, Inode>,
+    next_inode: u64,
+    live_entries: BTreeMap<PathBuf, u64>,
+    durable_entries: BTreeMap<PathBuf, u64>,
+    dirs: HashSet<PathBuf>,
+    locks: HashSet<PathBuf>,
+    rng: SplitMix64,
+    syncs: u64,
+    fail_sync_after: Option<u64>,
+    space_bytes: Option<u64>,
+}
+
+impl State {
+    fn check(&self, epoch: u64) -> io::Result<()> {
+        if epoch != self.epoch {
+            return Err(io::Error::other("simulated crash: this process is gone"));
+        }
+        Ok(())
+    }
+
+    fn live_bytes(&self) -> u64 {
+        self.live_entries
+            .values()
+            .filter_map(|i| self.inodes.get(i))
+            .map(|n| n.live.len() as u64)
+            .sum()
+    }
+
+    fn sync_fails(&mut self) -> bool {
+        self.syncs += 1;
+        self.fail_sync_after.is_some_and(|n| self.syncs >= n)
+    }
+}
+
+/// The simulated disk. Clone the `Arc` to share it; [`SimDisk::storage`] gives the
+/// `Storage` of the current epoch.
+#[derive(Debug)]
+pub(crate) struct SimDisk {
+    state: Mutex<State>,
+}
+
+impl SimDisk {
+    pub(crate) fn new(seed: u64) -> Arc<Self> {
+        Arc::new(Self {
+            state: Mutex::new(State {
+                epoch: 0,
+                inodes: HashMap::new(),
+                next_inode: 1,
+                live_entries: BTreeMap::new(),
+                durable_entries: BTreeMap::new(),
+                dirs: HashSet::new(),
+                locks: HashSet::new(),
+                rng: SplitMix64(seed),
+                syncs: 0,
+                fail_sync_after: None,
+                space_bytes: None,
+            }),
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The storage a process of the current epoch uses.
+    pub(crate) fn storage(self: &Arc<Self>) -> Arc<dyn Storage> {
+        let epoch = self.lock().epoch;
+        Arc::new(SimStorage {
+            disk: Arc::clone(self),
+            epoch,
+        })
+    }
+
+    /// Makes the n-th and every later fsync fail (counting from now); `None` heals.
+    pub(crate) fn fail_sync_after(&self, n: Option<u64>) {
+        let mut s = self.lock();
+        s.syncs = 0;
+        s.fail_sync_after = n;
+    }
+
+    /// Limits the live bytes of all files; `None` is unlimited.
+    pub(crate) fn space_bytes(&self, n: Option<u64>) {
+        self.lock().space_bytes = n;
+    }
+
+    /// Live bytes of the files whose names end in `suffix`.
+    pub(crate) fn bytes_of(&self, suffix: &str) -> u64 {
+        let s = self.lock();
+        s.live_entries
+            .iter()
+            .filter(|(p, _)| p.to_string_lossy().ends_with(suffix))
+            .filter_map(|(_, i)| s.inodes.get(i))
+            .map(|n| n.live.len() as u64)
+            .sum()
+    }
+
+    /// Ends the current process (see the module doc); returns nothing, the next
+    /// [`storage`](Self::storage) sees the surviving image.
+    pub(crate) fn crash(&self, how: Crash) {
+        let mut s = self.lock();
+        s.epoch += 1;
+        s.locks.clear();
+        match how {
+            // The kernel keeps the page cache: every write stays, still unsynced.
+            Crash::Process => {}
+            Crash::PowerLoss { tear, flip } => {
+                s.live_entries = s.durable_entries.clone();
+                let ids: Vec<u64> = s.inodes.keys().copied().collect();
+                for id in ids {
+                    let draws = (s.rng.next(), s.rng.next(), s.rng.next(), s.rng.next());
+                    let Some(inode) = s.inodes.get_mut(&id) else {
+                        continue;
+                    };
+                    let mut image = inode.durable.clone();
+                    let n = inode.unsynced.len();
+                    let applied = if n == 0 {
+                        0
+                    } else {
+                        (draws.0 % (n as u64 + 1)) as usize
+                    };
+                    for (k, w) in inode.unsynced.iter().take(applied).enumerate() {
+                        let last = k + 1 == applied;
+                        match w {
+                            Write::At { offset, data }
+                                if last && (tear || flip) && !data.is_empty() =>
+                            {
+                                let mut data = data.clone();
+                                if tear {
+                                    data.truncate((draws.1 % data.len() as u64) as usize);
+                                }
+                                if flip && !data.is_empty() {
+                                    let bit = draws.2 % (data.len() as u64 * 8);
+                                    if let Some(b) = data.get_mut((bit / 8) as usize) {
+                                        *b ^= 1 << (bit % 8);
+                                    }
+                                }
+                                apply(
+                                    &mut image,
+                                    &Write::At {
+                                        offset: *offset,
+                                        data,
+                                    },
+                                );
+                            }
+                            other => apply(&mut image, other),
+                        }
+                    }
+                    inode.live = image.clone();
+                    inode.durable = image;
+                    inode.unsynced.clear();
+                }
+            }
+        }
+    }
+}
+
+#[derive(Debug)]
+struct SimStorage {
+    disk: Arc<SimDisk>,
+    epoch: u64,
+}
+
+#[derive(Debug)]
+struct SimFile {
+    disk: Arc<SimDisk>,
+    epoch: u64,
+    inode: u64,
+    writable: bool,
+}
+
+#[derive(Debug)]
+struct SimLock {
+    disk: Arc<SimDisk>,
+    epoch: u64,
+    path: PathBuf,
+}
+
+impl LockGuard for SimLock {}
+
+impl Drop for SimLock {
+    fn drop(&mut self) {
+        let mut s = self.disk.lock();
+        if s.epoch == self.epoch {
+            s.locks.remove(&self.path);
+        }
+    }
+}
+
+fn not_found(p: &Path) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::NotFound,
+        format!("{}: no such file", p.display()),
+    )
+}
+
+impl Storage for SimStorage {
+    fn create_dir_all(&self, path: &Path) -> io::Result<()> {
+        let mut s = self.disk.lock();
+        s.check(self.epoch)?;
+        if s.live_entries.contains_key(path) {
+            return Err(io::Error::from(io::ErrorKind::AlreadyExists));
+        }
+        s.dirs.insert(path.to_path_buf());
+        Ok(())
+    }
+
+    fn list(&self, dir: &Path) -> io::Result<Vec<DirEntryInfo>> {
+        let s = self.disk.lock();
+        s.check(self.epoch)?;
+        Ok(s.live_entries
+            .keys()
+            .filter(|p| p.parent() == Some(dir))
+            .filter_map(|p| p.file_name())
+            .map(|n| DirEntryInfo {
+                name: n.to_string_lossy().into_owned(),
+                is_file: true,
+            })
+            .collect())
+    }
+
+    fn create_new(&self, path: &Path) -> io::Result<Box<dyn StorageFile>> {
+        let mut s = self.disk.lock();
+        s.check(self.epoch)?;
+        if s.live_entries.contains_key(path) {
+            return Err(io::Error::from(io::ErrorKind::AlreadyExists));
+        }
+        let inode = s.next_inode;
+        s.next_inode += 1;
+        s.inodes.insert(inode, Inode::default());
+        s.live_entries.insert(path.to_path_buf(), inode);
+        Ok(Box::new(SimFile {
+            disk: Arc::clone(&self.disk),
+            epoch: self.epoch,
+            inode,
+            writable: true,
+        }))
+    }
+
+    fn open(&self, path: &Path, write: bool) -> io::Result<Box<dyn StorageFile>> {
+        let s = self.disk.lock();
+        s.check(self.epoch)?;
+        let inode = *s.live_entries.get(path).ok_or_else(|| not_found(path))?;
+        Ok(Box::new(SimFile {
+            disk: Arc::clone(&self.disk),
+            epoch: self.epoch,
+            inode,
+            writable: write,
+        }))
+    }
+
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        let mut s = self.disk.lock();
+        s.check(self.epoch)?;
+        let inode = s.live_entries.remove(from).ok_or_else(|| not_found(from))?;
+        s.live_entries.insert(to.to_path_buf(), inode);
+        Ok(())
+    }
+
+    fn remove_file(&self, path: &Path) -> io::Result<()> {
+        let mut s = self.disk.lock();
+        s.check(self.epoch)?;
+        s.live_entries
+            .remove(path)
+            .map(|_| ())
+            .ok_or_else(|| not_found(path))
+    }
+
+    fn sync_dir(&self, dir: &Path) -> io::Result<()> {
+        let mut s = self.disk.lock();
+        s.check(self.epoch)?;
+        if s.sync_fails() {
+            return Err(io::Error::other("simulated EIO on directory fsync"));
+        }
+        let live: Vec<(PathBuf, u64)> = s
+            .live_entries
+            .iter()
+            .filter(|(p, _)| p.parent() == Some(dir))
+            .map(|(p, i)| (p.clone(), *i))
+            .collect();
+        s.durable_entries.retain(|p, _| p.parent() != Some(dir));
+        s.durable_entries.extend(live);
+        Ok(())
+    }
+
+    fn try_lock(&self, path: &Path) -> Result<Box<dyn LockGuard>, LockError> {
+        let mut s = self.disk.lock();
+        s.check(self.epoch).map_err(LockError::Io)?;
+        if !s.locks.insert(path.to_path_buf()) {
+            return Err(LockError::Held);
+        }
+        Ok(Box::new(SimLock {
+            disk: Arc::clone(&self.disk),
+            epoch: self.epoch,
+            path: path.to_path_buf(),
+        }))
+    }
+}
+
+impl StorageFile for SimFile {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+        let s = self.disk.lock();
+        s.check(self.epoch)?;
+        let live = &s
+            .inodes
+            .get(&self.inode)
+            .ok_or_else(|| io::Error::other("inode gone"))?
+            .live;
+        let start = usize::try_from(offset)
+            .unwrap_or(usize::MAX)
+            .min(live.len());
+        let n = buf.len().min(live.len() - start);
+        buf[..n].copy_from_slice(&live[start..start + n]);
+        Ok(n)
+    }
+
+    fn write_all_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
+        let mut s = self.disk.lock();
+        s.check(self.epoch)?;
+        if !self.writable {
+            return Err(io::Error::from(io::ErrorKind::PermissionDenied));
+        }
+        let old_len = s.inodes.get(&self.inode).map_or(0, |n| n.live.len() as u64);
+        let grows = (offset + buf.len() as u64).saturating_sub(old_len);
+        let mut data = buf.to_vec();
+        let mut full = false;
+        if let Some(space) = s.space_bytes {
+            let free = space.saturating_sub(s.live_bytes());
+            if grows > free {
+                // A real write fills the space it can, then fails.
+                let keep_growth = s.rng.next() % (free + 1);
+                let keep = (old_len.saturating_sub(offset) + keep_growth).min(buf.len() as u64);
+                data.truncate(keep as usize);
+                full = true;
+            }
+        }
+        let inode = s
+            .inodes
+            .get_mut(&self.inode)
+            .ok_or_else(|| io::Error::other("inode gone"))?;
+        let w = Write::At { offset, data };
+        apply(&mut inode.live, &w);
+        inode.unsynced.push(w);
+        if full {
+            return Err(io::Error::from(io::ErrorKind::StorageFull));
+        }
+        Ok(())
+    }
+
+    fn sync(&self) -> io::Result<()> {
+        let mut s = self.disk.lock();
+        s.check(self.epoch)?;
+        let fails = s.sync_fails();
+        let inode = s
+            .inodes
+            .get_mut(&self.inode)
+            .ok_or_else(|| io::Error::other("inode gone"))?;
+        if fails {
+            // fsyncgate: the kernel drops the failed writes' dirty state; a later sync
+            // will not make them durable, though reads still see them.
+            inode.unsynced.clear();
+            return Err(io::Error::other("simulated EIO on fsync"));
+        }
+        // Durable = what was durable plus the writes still dirty; writes dropped by an
+        // earlier failed sync stay lost although reads see them.
+        for w in std::mem::take(&mut inode.unsynced) {
+            apply(&mut inode.durable, &w);
+        }
+        Ok(())
+    }
+
+    fn set_len(&self, len: u64) -> io::Result<()> {
+        let mut s = self.disk.lock();
+        s.check(self.epoch)?;
+        let inode = s
+            .inodes
+            .get_mut(&self.inode)
+            .ok_or_else(|| io::Error::other("inode gone"))?;
+        let w = Write::SetLen(len);
+        apply(&mut inode.live, &w);
+        inode.unsynced.push(w);
+        Ok(())
+    }
+
+    fn len(&self) -> io::Result<u64> {
+        let s = self.disk.lock();
+        s.check(self.epoch)?;
+        Ok(s.inodes.get(&self.inode).map_or(0, |n| n.live.len() as u64))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write_file(st: &dyn Storage, p: &Path, data: &[u8]) -> io::Result<Box<dyn StorageFile>> {
+        let f = st.create_new(p)?;
+        f.write_all_at(data, 0)?;
+        Ok(f)
+    }
+
+    #[test]
+    fn power_loss_keeps_only_what_barriers_made_durable() -> io::Result<()> {
+        let disk = SimDisk::new(1);
+        let st = disk.storage();
+        let dir = Path::new("/w");
+        st.create_dir_all(dir)?;
+        let a = write_file(st.as_ref(), &dir.join("a"), b"durable")?;
+        a.sync()?;
+        st.sync_dir(dir)?;
+        a.write_all_at(b"+lost", 7)?;
+        let _b = write_file(st.as_ref(), &dir.join("b"), b"never synced")?;
+        disk.crash(Crash::PowerLoss {
+            tear: false,
+            flip: false,
+        });
+        assert!(a.len().is_err(), "old handles fail after a crash");
+        let st = disk.storage();
+        let names: Vec<String> = st.list(dir)?.into_iter().map(|e| e.name).collect();
+        assert_eq!(names, vec!["a"]);
+        let a = st.open(&dir.join("a"), false)?;
+        let mut buf = [0u8; 32];
+        let n = a.read_at(&mut buf, 0)?;
+        // Either the durable prefix alone, or with the unsynced append applied.
+        assert!(
+            &buf[..n] == b"durable" || &buf[..n] == b"durable+lost",
+            "{:?}",
+            &buf[..n]
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn process_crash_keeps_everything_written_and_frees_locks() -> io::Result<()> {
+        let disk = SimDisk::new(2);
+        let st = disk.storage();
+        let dir = Path::new("/w");
+        let _f = write_file(st.as_ref(), &dir.join("a"), b"page cache")?;
+        let _lock = st
+            .try_lock(&dir.join("LOCK"))
+            .map_err(|_| io::Error::other("lock"))?;
+        disk.crash(Crash::Process);
+        let st = disk.storage();
+        assert!(st.try_lock(&dir.join("LOCK")).is_ok());
+        assert_eq!(st.open(&dir.join("a"), false)?.len()?, 10);
+        Ok(())
+    }
+
+    #[test]
+    fn a_failed_fsync_never_makes_its_writes_durable() -> io::Result<()> {
+        let disk = SimDisk::new(3);
+        let st = disk.storage();
+        let dir = Path::new("/w");
+        let f = write_file(st.as_ref(), &dir.join("a"), b"x")?;
+        st.sync_dir(dir)?;
+        disk.fail_sync_after(Some(1));
+        assert!(f.sync().is_err());
+        disk.fail_sync_after(None);
+        f.sync()?; // "succeeds", but the lost writes stay lost
+        disk.crash(Crash::PowerLoss {
+            tear: false,
+            flip: false,
+        });
+        assert_eq!(disk.storage().open(&dir.join("a"), false)?.len()?, 0);
+        Ok(())
+    }
+
+    #[test]
+    fn enospc_writes_a_prefix_then_fails() -> io::Result<()> {
+        let disk = SimDisk::new(4);
+        disk.space_bytes(Some(10));
+        let st = disk.storage();
+        let f = st.create_new(Path::new("/w/a"))?;
+        let err = f
+            .write_all_at(&[1u8; 50], 0)
+            .err()
+            .ok_or_else(|| io::Error::other("no ENOSPC"))?;
+        assert_eq!(err.kind(), io::ErrorKind::StorageFull);
+        assert!(f.len()? <= 10);
+        Ok(())
+    }
+}
