@@ -61,12 +61,15 @@ mod drain;
 mod error;
 #[cfg(test)]
 mod fault_tests;
+#[doc(hidden)]
+pub mod fuzzing;
 mod handle;
 mod metrics;
 #[cfg(test)]
 mod model_tests;
 mod shared;
-#[cfg(test)]
+// The simulated disk serves the fuzz entry points as well as the tests.
+#[cfg_attr(not(test), allow(dead_code))]
 mod sim;
 mod sink;
 mod wal;

@@ -282,37 +282,78 @@ pub(crate) enum FrameStatus {
     Corrupt(CorruptionKind),
 }
 
+/// The fixed fields at the start of a frame, not yet checked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct FrameHeader {
+    /// Payload length.
+    pub(crate) len: u32,
+    /// Stored CRC.
+    pub(crate) crc: u32,
+    /// Seq.
+    pub(crate) seq: u64,
+}
+
+impl FrameHeader {
+    /// Reads the header fields at the start of `b`, or `None` if `b` is shorter.
+    pub(crate) fn peek(b: &[u8]) -> Option<Self> {
+        Some(Self {
+            len: u32_at(b, 0)?,
+            crc: u32_at(b, 4)?,
+            seq: u64_at(b, 8)?,
+        })
+    }
+
+    /// Bytes the whole frame occupies.
+    pub(crate) fn frame_len(&self) -> usize {
+        FRAME_HEADER_BYTES + self.len as usize
+    }
+
+    /// Checks the CRC against `payload` (exactly `len` bytes).
+    pub(crate) fn verify(&self, payload: &[u8]) -> Result<(), CorruptionKind> {
+        let computed = frame_crc(self.len, self.seq, payload);
+        if computed != self.crc {
+            return Err(CorruptionKind::FrameCrc {
+                stored: self.crc,
+                computed,
+            });
+        }
+        Ok(())
+    }
+}
+
 /// Decodes the frame at the start of `b`. A length above `max_payload_bytes` is
 /// corruption, decided before anything else is read, so no length from disk sizes an
 /// allocation. Seq 0 is never written, so an all-zero region is corruption too.
 pub(crate) fn decode_frame(b: &[u8], max_payload_bytes: usize) -> FrameStatus {
-    let (Some(len), Some(stored), Some(seq)) = (u32_at(b, 0), u32_at(b, 4), u64_at(b, 8)) else {
+    let Some(h) = FrameHeader::peek(b) else {
         return FrameStatus::Incomplete {
             needed: FRAME_HEADER_BYTES,
         };
     };
-    let payload_len = len as usize;
+    let payload_len = h.len as usize;
     if payload_len > max_payload_bytes {
         return FrameStatus::Corrupt(CorruptionKind::LengthOverLimit {
-            len: u64::from(len),
+            len: u64::from(h.len),
             limit: max_payload_bytes as u64,
         });
     }
-    let needed = FRAME_HEADER_BYTES + payload_len;
+    let needed = h.frame_len();
     let Some(payload) = b.get(FRAME_HEADER_BYTES..needed) else {
         return FrameStatus::Incomplete { needed };
     };
-    let computed = frame_crc(len, seq, payload);
-    if computed != stored {
-        return FrameStatus::Corrupt(CorruptionKind::FrameCrc { stored, computed });
+    if let Err(kind) = h.verify(payload) {
+        return FrameStatus::Corrupt(kind);
     }
-    if seq == 0 {
+    if h.seq == 0 {
         return FrameStatus::Corrupt(CorruptionKind::SeqNotIncreasing {
             expected: 1,
             found: 0,
         });
     }
-    FrameStatus::Valid { seq, payload_len }
+    FrameStatus::Valid {
+        seq: h.seq,
+        payload_len,
+    }
 }
 
 // ---------------------------------------------------------------------------------------

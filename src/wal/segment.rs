@@ -18,8 +18,8 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 use super::format::{
-    CorruptionKind, FRAME_HEADER_BYTES, FrameStatus, HeaderStatus, SEGMENT_HEADER_BYTES,
-    SegmentHeader, decode_frame, segment_file_name,
+    CorruptionKind, FRAME_HEADER_BYTES, FrameHeader, FrameStatus, HeaderStatus,
+    SEGMENT_HEADER_BYTES, SegmentHeader, segment_file_name,
 };
 use super::storage::{Storage, StorageFile, read_full_at};
 
@@ -188,6 +188,10 @@ pub(crate) struct SegmentScanner {
     valid_end: u64,
     /// Set when the bytes from this offset on did not resync; retried on the next call.
     garbage_from: Option<u64>,
+    /// The segment's first seq.
+    first_seq: u64,
+    /// File size as last seen (refreshed when a read wants more).
+    file_len: u64,
 }
 
 impl SegmentScanner {
@@ -197,7 +201,11 @@ impl SegmentScanner {
         first_seq: u64,
         max_payload_bytes: usize,
     ) -> Self {
+        // A failed stat reads as empty; `ensure` looks again before concluding EOF.
+        let file_len = file.len().unwrap_or(0);
         Self {
+            first_seq,
+            file_len,
             file,
             max_payload_bytes,
             buf: Vec::new(),
@@ -229,9 +237,20 @@ impl SegmentScanner {
 
     /// Makes `buf` hold the bytes at `[offset, offset + need)` as far as the file has
     /// them; returns how many it holds from `offset` (less than `need` only at EOF).
+    /// Reads at most once per call, and not at all when the file has nothing more.
     fn ensure(&mut self, offset: u64, need: usize) -> io::Result<usize> {
         let have_end = self.buf_offset + self.buf.len() as u64;
-        if offset >= self.buf_offset && offset + need as u64 <= have_end {
+        let covered = |n: usize| offset >= self.buf_offset && offset + n as u64 <= have_end;
+        if covered(need) {
+            return Ok(need);
+        }
+        if offset + need as u64 > self.file_len {
+            // The active segment grows: look again before concluding EOF.
+            self.file_len = self.file.len()?;
+        }
+        let in_file = usize::try_from(self.file_len.saturating_sub(offset)).unwrap_or(usize::MAX);
+        let need = need.min(in_file);
+        if covered(need) {
             return Ok(need);
         }
         if offset >= self.buf_offset && offset <= have_end {
@@ -241,7 +260,7 @@ impl SegmentScanner {
             self.buf.clear();
         }
         self.buf_offset = offset;
-        let want = need.max(READ_CHUNK_BYTES);
+        let want = need.max(READ_CHUNK_BYTES).min(in_file);
         let have = self.buf.len();
         if have < want {
             self.buf.resize(want, 0);
@@ -263,39 +282,76 @@ impl SegmentScanner {
             .unwrap_or_default()
     }
 
-    /// Decodes the frame at `offset`, reading as much as it needs. `Ok(None)` at EOF.
+    /// Decodes the frame at `offset`. Cheap checks first (length limit, seq in the
+    /// acceptable window), the CRC last: resync tries every byte offset of a damaged
+    /// region, and random bytes almost never pass the seq window, so a damaged
+    /// segment is skipped in time linear in its size. `Ok(None)` at EOF.
     fn frame_at(&mut self, offset: u64) -> io::Result<Option<FrameStatus>> {
         let avail = self.ensure(offset, FRAME_HEADER_BYTES)?;
         if avail == 0 {
             return Ok(None);
         }
-        match decode_frame(self.window(offset, avail), self.max_payload_bytes) {
-            FrameStatus::Incomplete { needed } => {
-                let avail = self.ensure(offset, needed)?;
-                Ok(Some(decode_frame(
-                    self.window(offset, avail),
-                    self.max_payload_bytes,
-                )))
-            }
-            other => Ok(Some(other)),
+        let Some(h) = FrameHeader::peek(self.window(offset, avail)) else {
+            return Ok(Some(FrameStatus::Incomplete {
+                needed: FRAME_HEADER_BYTES,
+            }));
+        };
+        if h.len as usize > self.max_payload_bytes {
+            return Ok(Some(FrameStatus::Corrupt(
+                CorruptionKind::LengthOverLimit {
+                    len: u64::from(h.len),
+                    limit: self.max_payload_bytes as u64,
+                },
+            )));
         }
+        if !self.acceptable(h.seq) {
+            return Ok(Some(FrameStatus::Corrupt(
+                CorruptionKind::SeqNotIncreasing {
+                    expected: self.expected_seq,
+                    found: h.seq,
+                },
+            )));
+        }
+        let needed = h.frame_len();
+        let avail = self.ensure(offset, needed)?;
+        if avail < needed {
+            return Ok(Some(FrameStatus::Incomplete { needed }));
+        }
+        let payload = self.window(offset + FRAME_HEADER_BYTES as u64, h.len as usize);
+        Ok(Some(match h.verify(payload) {
+            Ok(()) => FrameStatus::Valid {
+                seq: h.seq,
+                payload_len: h.len as usize,
+            },
+            Err(kind) => FrameStatus::Corrupt(kind),
+        }))
     }
 
+    /// A seq this segment may hold: at or above the one expected, at or below the
+    /// configured upper bound, and below what the file could physically hold (one
+    /// frame per `FRAME_HEADER_BYTES` bytes at most).
     fn acceptable(&self, seq: u64) -> bool {
-        seq >= self.expected_seq && seq <= self.upper_seq
+        let physical = self
+            .first_seq
+            .saturating_add(self.file_len / FRAME_HEADER_BYTES as u64);
+        seq >= self.expected_seq && seq <= self.upper_seq && seq <= physical
     }
 
     /// Searches forward from `from` for the next valid frame with an acceptable seq.
-    /// Bounded by the file size: each offset is tried once.
-    fn resync(&mut self, from: u64) -> io::Result<Option<u64>> {
+    /// Each offset is tried once. `Err(retry_from)` if none: retry from there if the
+    /// file grows (the first offset whose frame was merely incomplete, else the end).
+    fn resync(&mut self, from: u64) -> io::Result<Result<u64, u64>> {
         let mut at = from;
+        let mut first_incomplete = None;
         loop {
             match self.frame_at(at)? {
-                None => return Ok(None),
-                Some(FrameStatus::Valid { seq, .. }) if self.acceptable(seq) => {
-                    return Ok(Some(at));
+                None => return Ok(Err(first_incomplete.unwrap_or(at))),
+                Some(FrameStatus::Valid { .. }) => return Ok(Ok(at)),
+                Some(FrameStatus::Incomplete { .. }) => {
+                    first_incomplete.get_or_insert(at);
+                    at += 1;
                 }
-                Some(_) => at += 1,
+                Some(FrameStatus::Corrupt(_)) => at += 1,
             }
         }
     }
@@ -304,11 +360,12 @@ impl SegmentScanner {
     pub(crate) fn next_step(&mut self) -> io::Result<ScanStep<'_>> {
         if let Some(from) = self.garbage_from {
             match self.resync(from)? {
-                Some(at) => {
+                Ok(at) => {
                     self.garbage_from = None;
                     self.offset = at;
                 }
-                None => {
+                Err(retry_from) => {
+                    self.garbage_from = Some(retry_from);
                     return Ok(ScanStep::End {
                         trailing_bytes: self.trailing_bytes()?,
                     });
@@ -323,7 +380,7 @@ impl SegmentScanner {
                     trailing_bytes: self.trailing_bytes()?,
                 });
             }
-            Some(FrameStatus::Valid { seq, payload_len }) if self.acceptable(seq) => {
+            Some(FrameStatus::Valid { seq, payload_len }) => {
                 let end = at + (FRAME_HEADER_BYTES + payload_len) as u64;
                 self.offset = end;
                 self.valid_end = end;
@@ -334,15 +391,11 @@ impl SegmentScanner {
                     payload: self.window(start, payload_len),
                 });
             }
-            Some(FrameStatus::Valid { seq, .. }) => CorruptionKind::SeqNotIncreasing {
-                expected: self.expected_seq,
-                found: seq,
-            },
             Some(FrameStatus::Corrupt(kind)) => kind,
         };
         match self.resync(at + 1)? {
-            Some(next) => self.offset = next,
-            None => self.garbage_from = Some(at + 1),
+            Ok(next) => self.offset = next,
+            Err(retry_from) => self.garbage_from = Some(retry_from),
         }
         Ok(ScanStep::Corrupt {
             offset: at,
@@ -446,5 +499,72 @@ mod tests {
         assert_eq!(set.for_seq(15).map(|s| s.first_seq), Some(11));
         assert_eq!(set.for_seq(0).map(|s| s.first_seq), Some(1));
         assert_eq!(set.after(11).map(|s| s.first_seq), Some(21));
+    }
+
+    /// A damaged region is skipped in linear time: resync checks the cheap fields
+    /// first and never re-reads what it has. Counted in reads, not seconds.
+    #[test]
+    fn resync_over_garbage_reads_each_chunk_once() -> io::Result<()> {
+        use std::sync::Arc;
+        use std::sync::atomic::{AtomicUsize, Ordering};
+
+        #[derive(Debug)]
+        struct Counting(Vec<u8>, Arc<AtomicUsize>);
+        impl StorageFile for Counting {
+            fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+                self.1.fetch_add(1, Ordering::Relaxed);
+                let start = (offset as usize).min(self.0.len());
+                let n = buf.len().min(self.0.len() - start);
+                buf[..n].copy_from_slice(&self.0[start..start + n]);
+                Ok(n)
+            }
+            fn write_all_at(&self, _: &[u8], _: u64) -> io::Result<()> {
+                Ok(())
+            }
+            fn sync(&self) -> io::Result<()> {
+                Ok(())
+            }
+            fn set_len(&self, _: u64) -> io::Result<()> {
+                Ok(())
+            }
+            fn len(&self) -> io::Result<u64> {
+                Ok(self.0.len() as u64)
+            }
+        }
+
+        let mut bytes = SegmentHeader {
+            codec_id: 1,
+            first_seq: 1,
+            prev_last_seq: 0,
+        }
+        .encode()
+        .to_vec();
+        let mut x = 0x1234_5678_9abc_def0u64;
+        for _ in 0..(4 << 20) {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            bytes.push(x as u8);
+        }
+        let reads = Arc::new(AtomicUsize::new(0));
+        let len = bytes.len();
+        let mut s = SegmentScanner::new(Box::new(Counting(bytes, reads.clone())), 1, 16 << 20);
+        let mut steps = 0;
+        loop {
+            steps += 1;
+            assert!(steps < 1000, "scanner did not end");
+            match s.next_step()? {
+                ScanStep::End { .. } => break,
+                ScanStep::Frame { seq, .. } => panic!("garbage accepted as frame {seq}"),
+                ScanStep::Corrupt { .. } => {}
+            }
+        }
+        let max_reads = len / READ_CHUNK_BYTES + 4;
+        assert!(
+            reads.load(Ordering::Relaxed) <= max_reads,
+            "{} reads for {len} bytes",
+            reads.load(Ordering::Relaxed)
+        );
+        Ok(())
     }
 }
