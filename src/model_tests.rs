@@ -338,10 +338,40 @@ impl Case {
             95..=99 if !self.failed => {
                 let used = self.disk.bytes_of("");
                 let room = self.pick(600);
-                self.steps
-                    .push(format!("disk full after {room} more bytes"));
+                let n = 1 + self.pick(40);
+                self.steps.push(format!(
+                    "disk full after {room} more bytes, try_push x{n}, sync, free space"
+                ));
                 self.disk.space_bytes(Some(used + room));
-                self.failed = true;
+                let sink = self.sink();
+                for _ in 0..n {
+                    let id = self.next_id;
+                    self.next_id += 1;
+                    match sink.try_push(id) {
+                        Ok(()) => {
+                            self.accepted.push(id);
+                            self.accepted_log.push((self.incarnation, id));
+                        }
+                        Err(e) => {
+                            self.note_err("try_push on a full disk", &e);
+                            self.refused.insert(id);
+                        }
+                    }
+                }
+                let sync = tokio::spawn({
+                    let sink = sink.clone();
+                    async move { sink.sync().await }
+                });
+                for _ in 0..self.pick(30) {
+                    tokio::task::yield_now().await;
+                }
+                // Space comes back: the held writes must go through, nothing lost.
+                self.disk.space_bytes(None);
+                match self.deadline("sync after space returned", sync).await {
+                    Ok(Ok(())) => self.durable.extend(self.accepted.drain(..)),
+                    Ok(Err(e)) => panic!("sync failed after space returned: {e}; {}", self.ctx()),
+                    Err(e) => panic!("sync task failed: {e}; {}", self.ctx()),
+                }
             }
             _ => {}
         }

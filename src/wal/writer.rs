@@ -16,16 +16,31 @@
 //! 4. If anyone in the round waits for durability, or the mode asks for it, one
 //!    fdatasync covers them all (group commit); then answer the waiters.
 //!
+//! # Full disk
+//!
+//! ENOSPC (or EDQUOT) from a *write* is recoverable: the writer cuts the file back to
+//! its last complete frame, keeps the unwritten frames and the messages it has not
+//! processed, and stops taking new ones, so the queue fills: `try_push` reports
+//! `Overflow` and `push` waits. It retries with backoff (10 ms doubling to 1 s) until
+//! space is freed, typically by the drain acknowledging segments that are then
+//! deleted. No record accepted is dropped and no waiter is answered before its data
+//! is written and synced. If shutdown comes while the disk is still full, the writer
+//! gives up: the unwritten records are lost and their waiters get the error.
+//!
 //! # Failure
 //!
-//! Any write or fsync error is sticky ([`Shared::fail`]): the writer answers every later
-//! message with it, never retries an fsync (after a failed fsync the page cache may have
-//! dropped the dirty pages, so a second fsync "succeeding" proves nothing), and never
-//! reports durability again. Records queued behind the failure are not written.
+//! Every other write error, and every fsync error (ENOSPC included: at fsync time it
+//! means writeback failed), is sticky ([`Shared::fail`]). The writer answers every
+//! later message with it, never retries an fsync (after a failed fsync the page cache
+//! may have dropped the dirty pages, so a second fsync "succeeding" proves nothing),
+//! and never reports durability again. Records queued behind the failure are not
+//! written.
 
+use std::collections::VecDeque;
 use std::io;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
@@ -33,7 +48,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::format::{SEGMENT_HEADER_BYTES, SegmentHeader, encode_frame, frame_bytes};
 use super::register::Register;
-use super::segment::{SegmentInfo, SegmentSet, create_segment};
+use super::segment::{SegmentInfo, SegmentSet, create_segment, segment_path};
 use super::storage::{Storage, StorageFile};
 use crate::config::Durability;
 use crate::error::SinkError;
@@ -47,6 +62,9 @@ pub(crate) const MSGS_PER_ROUND: usize = 4096;
 pub(crate) const WRITE_BUF_BYTES: usize = 1 << 20;
 /// Seqs reserved per durable lease write: one small fsync per this many records.
 pub(crate) const LEASE_BLOCK: u64 = 1 << 20;
+/// First and largest pause between write attempts while the disk is full.
+const NO_SPACE_RETRY_FIRST: Duration = Duration::from_millis(10);
+const NO_SPACE_RETRY_MAX: Duration = Duration::from_secs(1);
 
 /// Result of `push_durable`: the record's seq once it is durable.
 pub(crate) type DurableReply = oneshot::Sender<Result<u64, SinkError>>;
@@ -95,6 +113,35 @@ pub(crate) struct WriterInit {
     pub(crate) lease: Register,
 }
 
+/// Why a write path stopped.
+#[derive(Debug)]
+enum Stop {
+    /// The disk is full; nothing partial was left behind; retry later.
+    NoSpace(io::Error),
+    /// Anything else: sticky failure.
+    Fatal(io::Error),
+}
+
+fn is_no_space(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded
+    )
+}
+
+impl From<io::Error> for Stop {
+    fn from(e: io::Error) -> Self {
+        Stop::Fatal(e)
+    }
+}
+
+/// Whether processing finished or must wait for disk space.
+#[derive(Debug, PartialEq, Eq)]
+enum Progress {
+    Done,
+    Stalled,
+}
+
 /// The writer's state. See the module doc.
 #[derive(Debug)]
 pub(crate) struct WalWriter {
@@ -105,6 +152,12 @@ pub(crate) struct WalWriter {
     /// When the oldest unsynced write happened (for `Durability::Interval`).
     unsynced_since: Option<Instant>,
     failed: Option<Arc<io::Error>>,
+    /// Messages taken from the queue but not yet processed (kept while the disk is full).
+    held: VecDeque<WriterMsg>,
+    /// `push_durable` callers waiting for their records to be synced.
+    waiting_durable: Vec<(u64, DurableReply)>,
+    /// `sync` callers waiting.
+    waiting_sync: Vec<DoneReply>,
 }
 
 impl WalWriter {
@@ -115,6 +168,9 @@ impl WalWriter {
             unsynced: false,
             unsynced_since: None,
             failed: None,
+            held: VecDeque::new(),
+            waiting_durable: Vec::new(),
+            waiting_sync: Vec::new(),
         }
     }
 
@@ -122,7 +178,8 @@ impl WalWriter {
         self.init.next_seq - 1
     }
 
-    fn append(&mut self, payload: &[u8]) -> io::Result<u64> {
+    /// Frames one record into the buffer (rolling first if needed); returns its seq.
+    fn append(&mut self, payload: &[u8]) -> Result<u64, Stop> {
         let frame = frame_bytes(payload.len());
         let used = self.init.active_len + self.buf.len() as u64;
         if used > SEGMENT_HEADER_BYTES as u64 && used + frame > self.init.segment_bytes {
@@ -139,19 +196,27 @@ impl WalWriter {
         }
         encode_frame(&mut self.buf, seq, payload);
         self.init.next_seq = seq + 1;
-        if self.buf.len() >= WRITE_BUF_BYTES {
-            self.write_out()?;
-        }
         Ok(seq)
     }
 
-    fn write_out(&mut self) -> io::Result<()> {
+    fn write_out(&mut self) -> Result<(), Stop> {
         if self.buf.is_empty() {
             return Ok(());
         }
-        self.init
+        if let Err(e) = self
+            .init
             .active
-            .write_all_at(&self.buf, self.init.active_len)?;
+            .write_all_at(&self.buf, self.init.active_len)
+        {
+            if !is_no_space(&e) {
+                return Err(Stop::Fatal(e));
+            }
+            // Cut off whatever part of the buffer did land, so the segment ends at its
+            // last complete frame and the retry writes at the same offset. If even that
+            // fails, the file's end is unknown: fatal.
+            self.init.active.set_len(self.init.active_len)?;
+            return Err(Stop::NoSpace(e));
+        }
         self.init.active_len += self.buf.len() as u64;
         self.buf.clear();
         self.init
@@ -165,15 +230,16 @@ impl WalWriter {
         Ok(())
     }
 
-    fn sync(&mut self) -> io::Result<()> {
+    fn sync(&mut self) -> Result<(), Stop> {
         self.write_out()?;
         if !self.unsynced {
             return Ok(());
         }
         let started = std::time::Instant::now();
         // fsync the active segment: until it returns, a power loss may drop any record
-        // written since the last one, so no waiter is answered before it.
-        self.init.active.sync()?;
+        // written since the last one, so no waiter is answered before it. Any error here
+        // is fatal, ENOSPC included (writeback failed; the data may be gone).
+        self.init.active.sync().map_err(Stop::Fatal)?;
         self.init
             .shared
             .metrics
@@ -185,7 +251,7 @@ impl WalWriter {
         Ok(())
     }
 
-    fn roll(&mut self) -> io::Result<()> {
+    fn roll(&mut self) -> Result<(), Stop> {
         // Rollover fsync: later syncs cover only the active segment, so what this
         // segment holds must be durable before the writer moves on.
         self.sync()?;
@@ -195,7 +261,21 @@ impl WalWriter {
             first_seq,
             prev_last_seq: self.last_seq(),
         };
-        let file = create_segment(self.init.storage.as_ref(), &self.init.dir, header)?;
+        let file = match create_segment(self.init.storage.as_ref(), &self.init.dir, header) {
+            Ok(f) => f,
+            Err(e) if is_no_space(&e) => {
+                // Remove the half-made file (it is not registered and holds no frame);
+                // the writer stays on the current segment and retries the roll later.
+                let path = segment_path(&self.init.dir, first_seq);
+                match self.init.storage.remove_file(&path) {
+                    Ok(()) => {}
+                    Err(r) if r.kind() == io::ErrorKind::NotFound => {}
+                    Err(r) => return Err(Stop::Fatal(r)),
+                }
+                return Err(Stop::NoSpace(e));
+            }
+            Err(e) => return Err(Stop::Fatal(e)),
+        };
         let header_bytes = SEGMENT_HEADER_BYTES as u64;
         {
             let mut set = self
@@ -240,6 +320,8 @@ impl WalWriter {
             .add(1, &self.init.shared.metrics.write_errors);
         let err = self.init.shared.fail(err);
         self.failed = Some(Arc::clone(&err));
+        // Nobody waiting may be told "durable" now.
+        self.answer_waiters();
         err
     }
 
@@ -247,91 +329,133 @@ impl WalWriter {
         self.failed.as_ref().map(|e| SinkError::Io(Arc::clone(e)))
     }
 
-    /// Handles one round of messages (see the module doc).
-    fn round(&mut self, msgs: &mut Vec<WriterMsg>, flushes: &mpsc::UnboundedSender<FlushRequest>) {
-        let mut durable: Vec<(u64, DurableReply)> = Vec::new();
-        let mut syncs: Vec<DoneReply> = Vec::new();
-        // Taken off the queue now: `pending()` must not count them twice once a flush in
-        // this round is answered.
-        let records = msgs
-            .iter()
-            .filter(|m| matches!(m, WriterMsg::Record { .. }))
-            .count() as u64;
-        self.init
-            .shared
-            .queued
-            .fetch_sub(records, std::sync::atomic::Ordering::Relaxed);
-        for msg in msgs.drain(..) {
-            match msg {
-                WriterMsg::Record {
-                    payload,
-                    durable: reply,
-                } => {
-                    if self.failed.is_some() {
-                        self.init.shared.release(frame_bytes(payload.len()));
-                        if let (Some(tx), Some(e)) = (reply, self.failure()) {
-                            let _ = tx.send(Err(e));
-                        }
-                        continue;
-                    }
-                    match self.append(&payload) {
-                        Ok(seq) => {
-                            if let Some(tx) = reply {
-                                durable.push((seq, tx));
-                            }
-                        }
-                        Err(e) => {
-                            let e = self.fail(e);
-                            if let Some(tx) = reply {
-                                let _ = tx.send(Err(SinkError::Io(e)));
-                            }
-                        }
-                    }
-                }
-                WriterMsg::Sync(tx) => syncs.push(tx),
-                WriterMsg::Flush(tx) => {
-                    if self.failed.is_none()
-                        && let Err(e) = self.write_out()
-                    {
-                        self.fail(e);
-                    }
-                    match self.failure() {
-                        Some(e) => {
-                            let _ = tx.send(Err(e));
-                        }
-                        None => {
-                            let req = FlushRequest {
-                                target: self.last_seq(),
-                                done: tx,
-                            };
-                            if let Err(mpsc::error::SendError(req)) = flushes.send(req) {
-                                let _ = req.done.send(Err(SinkError::Closed));
-                            }
-                        }
-                    }
-                }
-            }
-        }
-        let wants_sync = !durable.is_empty()
-            || !syncs.is_empty()
-            || self.init.durability == Durability::Always
-            || self.sync_deadline().is_some_and(|d| d <= Instant::now());
-        if self.failed.is_none() {
-            let res = if wants_sync {
-                self.sync()
-            } else {
-                self.write_out()
-            };
-            if let Err(e) = res {
-                self.fail(e);
-            }
-        }
+    /// Answers `push_durable` and `sync` waiters: with the failure if there is one,
+    /// else with success (the caller has just synced).
+    fn answer_waiters(&mut self) {
         let failure = self.failure();
-        for (seq, tx) in durable {
+        for (seq, tx) in self.waiting_durable.drain(..) {
             let _ = tx.send(failure.clone().map_or(Ok(seq), Err));
         }
-        for tx in syncs {
+        for tx in self.waiting_sync.drain(..) {
             let _ = tx.send(failure.clone().map_or(Ok(()), Err));
+        }
+    }
+
+    /// Answers a message that arrives after a sticky failure.
+    fn refuse(&self, msg: WriterMsg) {
+        let err = self.failure().unwrap_or(SinkError::Closed);
+        match msg {
+            WriterMsg::Record { payload, durable } => {
+                self.init.shared.release(frame_bytes(payload.len()));
+                if let Some(tx) = durable {
+                    let _ = tx.send(Err(err));
+                }
+            }
+            WriterMsg::Sync(tx) | WriterMsg::Flush(tx) => {
+                let _ = tx.send(Err(err));
+            }
+        }
+    }
+
+    /// Processes the held messages, then ends the round with a write (and a sync when
+    /// someone waits for one or the mode asks). `Stalled` if the disk is full: what is
+    /// left stays held for the next attempt.
+    fn process(&mut self, flushes: &mpsc::UnboundedSender<FlushRequest>) -> Progress {
+        while let Some(msg) = self.held.pop_front() {
+            if self.failed.is_some() {
+                self.refuse(msg);
+                continue;
+            }
+            let stop = match msg {
+                WriterMsg::Record { payload, durable } => match self.append(&payload) {
+                    Ok(seq) => {
+                        if let Some(tx) = durable {
+                            self.waiting_durable.push((seq, tx));
+                        }
+                        if self.buf.len() >= WRITE_BUF_BYTES {
+                            self.write_out().err()
+                        } else {
+                            None
+                        }
+                    }
+                    Err(stop) => {
+                        // Not appended: keep it for the retry (or refuse it if fatal).
+                        self.held.push_front(WriterMsg::Record { payload, durable });
+                        Some(stop)
+                    }
+                },
+                WriterMsg::Sync(tx) => {
+                    self.waiting_sync.push(tx);
+                    None
+                }
+                WriterMsg::Flush(tx) => match self.write_out() {
+                    Ok(()) => {
+                        let req = FlushRequest {
+                            target: self.last_seq(),
+                            done: tx,
+                        };
+                        if let Err(mpsc::error::SendError(req)) = flushes.send(req) {
+                            let _ = req.done.send(Err(SinkError::Closed));
+                        }
+                        None
+                    }
+                    Err(stop) => {
+                        self.held.push_front(WriterMsg::Flush(tx));
+                        Some(stop)
+                    }
+                },
+            };
+            match stop {
+                None => {}
+                Some(Stop::NoSpace(e)) => return self.stall(e),
+                Some(Stop::Fatal(e)) => {
+                    self.fail(e);
+                }
+            }
+        }
+        if self.failed.is_some() {
+            return Progress::Done;
+        }
+        let wants_sync = !self.waiting_durable.is_empty()
+            || !self.waiting_sync.is_empty()
+            || self.init.durability == Durability::Always
+            || self.sync_deadline().is_some_and(|d| d <= Instant::now());
+        let res = if wants_sync {
+            self.sync()
+        } else {
+            self.write_out()
+        };
+        match res {
+            Ok(()) => {
+                if wants_sync {
+                    self.answer_waiters();
+                }
+                Progress::Done
+            }
+            Err(Stop::NoSpace(e)) => self.stall(e),
+            Err(Stop::Fatal(e)) => {
+                self.fail(e);
+                Progress::Done
+            }
+        }
+    }
+
+    fn stall(&mut self, e: io::Error) -> Progress {
+        tracing::warn!(dir = %self.init.dir.display(), error = %e, held = self.held.len(), "WAL disk full; holding writes until space is freed");
+        Progress::Stalled
+    }
+
+    /// Gives up on what is held (shutdown while the disk is full).
+    fn abandon(&mut self, why: io::Error) {
+        let lost = self
+            .held
+            .iter()
+            .filter(|m| matches!(m, WriterMsg::Record { .. }))
+            .count();
+        tracing::error!(dir = %self.init.dir.display(), error = %why, lost_records = lost, "shutdown while the disk is full: unwritten records are lost");
+        self.fail(why);
+        while let Some(msg) = self.held.pop_front() {
+            self.refuse(msg);
         }
     }
 
@@ -342,9 +466,15 @@ impl WalWriter {
         }
         let res = self.sync().and_then(|()| {
             // fsync the lease at its exact value: no seq at or above next_seq was handed out.
-            self.init.lease.write_durable(self.init.next_seq)
+            self.init
+                .lease
+                .write_durable(self.init.next_seq)
+                .map_err(Stop::Fatal)
         });
-        res.map_err(|e| self.fail(e))
+        match res {
+            Ok(()) => Ok(()),
+            Err(Stop::NoSpace(e) | Stop::Fatal(e)) => Err(self.fail(e)),
+        }
     }
 
     /// The writer loop; returns when the queue is closed and empty (cancellation, or
@@ -357,7 +487,31 @@ impl WalWriter {
     ) -> Result<(), Arc<io::Error>> {
         let mut msgs = Vec::with_capacity(MSGS_PER_ROUND);
         let mut closing = false;
+        let mut stalled: Option<Duration> = None;
         loop {
+            if let Some(pause) = stalled {
+                // Disk full: take nothing new (the queue fills and pushes back), retry.
+                tokio::select! {
+                    biased;
+                    () = shutdown.cancelled(), if !closing => {
+                        closing = true;
+                        rx.close();
+                    }
+                    () = tokio::time::sleep(pause) => {}
+                }
+                match self.process(&flushes) {
+                    Progress::Done => {
+                        tracing::info!(dir = %self.init.dir.display(), "WAL disk space available again; writing resumed");
+                        stalled = None;
+                    }
+                    Progress::Stalled if closing => {
+                        self.abandon(io::Error::from(io::ErrorKind::StorageFull));
+                        stalled = None;
+                    }
+                    Progress::Stalled => stalled = Some((pause * 2).min(NO_SPACE_RETRY_MAX)),
+                }
+                continue;
+            }
             let deadline = self.sync_deadline();
             tokio::select! {
                 biased;
@@ -367,15 +521,29 @@ impl WalWriter {
                     rx.close();
                 }
                 () = sleep_until_opt(deadline), if deadline.is_some() && self.failed.is_none() => {
-                    if let Err(e) = self.sync() {
-                        self.fail(e);
+                    match self.sync() {
+                        Ok(()) => {}
+                        Err(Stop::NoSpace(e)) => {
+                            self.stall(e);
+                            stalled = Some(NO_SPACE_RETRY_FIRST);
+                        }
+                        Err(Stop::Fatal(e)) => {
+                            self.fail(e);
+                        }
                     }
                 }
                 n = rx.recv_many(&mut msgs, MSGS_PER_ROUND) => {
                     if n == 0 {
                         break;
                     }
-                    self.round(&mut msgs, &flushes);
+                    // Taken off the queue now: `pending()` must not count them twice
+                    // once a flush in this round is answered.
+                    let records = msgs.iter().filter(|m| matches!(m, WriterMsg::Record { .. })).count() as u64;
+                    self.init.shared.queued.fetch_sub(records, std::sync::atomic::Ordering::Relaxed);
+                    self.held.extend(msgs.drain(..));
+                    if self.process(&flushes) == Progress::Stalled {
+                        stalled = Some(NO_SPACE_RETRY_FIRST);
+                    }
                 }
             }
         }
