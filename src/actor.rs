@@ -217,22 +217,38 @@ impl<T: Send + 'static, D: SinkDrain<T>> Actor<T, D> {
         self.finish().await
     }
 
-    /// Reads the next batch from the WAL, delivers it, advances the cursor.
-    async fn deliver_next(&mut self, written: u64) -> Result<(), Interrupted> {
-        let Some(mut wal) = self.wal.take() else {
-            return Ok(());
-        };
-        let (max_records, max_bytes) = (self.batch_size, BATCH_BYTES_SOFT_LIMIT);
+    /// Runs blocking WAL I/O on the blocking pool, handing the WAL state there and
+    /// back. A panic inside (an invariant violation) is re-raised here and ends the
+    /// task; `None` if the runtime is shutting down.
+    async fn on_wal<R: Send + 'static>(
+        &mut self,
+        f: impl FnOnce(&mut Wal) -> R + Send + 'static,
+    ) -> Option<R> {
+        let mut wal = self.wal.take()?;
         let joined = tokio::task::spawn_blocking(move || {
-            let res = wal.reader.read_batch(written, max_records, max_bytes);
-            (wal, res)
+            let r = f(&mut wal);
+            (wal, r)
         })
         .await;
-        let (wal, res) = match joined {
-            Ok(v) => v,
-            Err(e) => std::panic::resume_unwind(e.into_panic()),
+        match joined {
+            Ok((wal, r)) => {
+                self.wal = Some(wal);
+                Some(r)
+            }
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            Err(_) => None,
+        }
+    }
+
+    /// Reads the next batch from the WAL, delivers it, advances the cursor.
+    async fn deliver_next(&mut self, written: u64) -> Result<(), Interrupted> {
+        let (max_records, max_bytes) = (self.batch_size, BATCH_BYTES_SOFT_LIMIT);
+        let Some(res) = self
+            .on_wal(move |wal| wal.reader.read_batch(written, max_records, max_bytes))
+            .await
+        else {
+            return Err(Interrupted);
         };
-        self.wal = Some(wal);
         let (frames, lost) = match res {
             Ok(v) => v,
             Err(e) => {
@@ -257,19 +273,9 @@ impl<T: Send + 'static, D: SinkDrain<T>> Actor<T, D> {
     }
 
     async fn advance_cursor(&mut self, through: u64) {
-        let Some(mut wal) = self.wal.take() else {
+        let Some(res) = self.on_wal(move |wal| wal.cursor.advance(through)).await else {
             return;
         };
-        let joined = tokio::task::spawn_blocking(move || {
-            let res = wal.cursor.advance(through);
-            (wal, res)
-        })
-        .await;
-        let (wal, res) = match joined {
-            Ok(v) => v,
-            Err(e) => std::panic::resume_unwind(e.into_panic()),
-        };
-        self.wal = Some(wal);
         if let Err(e) = res {
             // The acknowledgement stands in memory; the cursor file catches up on the
             // next advance. A crash meanwhile costs duplicates, not loss.
@@ -444,11 +450,8 @@ impl<T: Send + 'static, D: SinkDrain<T>> Actor<T, D> {
 
     async fn finish(mut self) -> Result<ShutdownReport, SinkError> {
         // Make the cursor durable, so a restart does not replay what was acknowledged.
-        if let Some(mut wal) = self.wal.take() {
-            let res = tokio::task::spawn_blocking(move || wal.cursor.persist()).await;
-            if let Ok(Err(e)) = res {
-                tracing::error!(error = %e, "persisting the WAL cursor at shutdown failed; acknowledged records may be delivered again");
-            }
+        if let Some(Err(e)) = self.on_wal(|wal| wal.cursor.persist()).await {
+            tracing::error!(error = %e, "persisting the WAL cursor at shutdown failed; acknowledged records may be delivered again");
         }
         let close_error = match self.drain.close().await {
             Ok(()) => None,

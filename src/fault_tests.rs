@@ -106,6 +106,13 @@ impl SinkDrain<u64> for Collect {
     }
 }
 
+/// Yields until `n` records have been accepted (no sleeping, no timing).
+async fn wait_until_pushed(sink: &DurableSink<u64>, n: u64) {
+    while sink.stats().pushed < n {
+        tokio::task::yield_now().await;
+    }
+}
+
 fn config(dir: &Path) -> SinkConfig {
     let mut c = SinkConfig::new(dir);
     c.durability = Durability::Never;
@@ -202,10 +209,13 @@ async fn a_full_disk_holds_writes_and_resumes_when_space_returns() {
     }
     sink.sync().await.expect("sync");
     faults.fail_write.store(true, Ordering::SeqCst);
+    // Queued in this order, deterministically: 98, then 99 (durable), then the sync.
+    sink.try_push(98).expect("queue has room");
     let durable = {
         let sink = sink.clone();
         tokio::spawn(async move { sink.push_durable(99).await })
     };
+    wait_until_pushed(&sink, 52).await;
     let sync = {
         let sink = sink.clone();
         tokio::spawn(async move { sink.sync().await })
@@ -238,10 +248,10 @@ async fn a_full_disk_holds_writes_and_resumes_when_space_returns() {
     sync.await
         .expect("task")
         .expect("sync after space returned");
-    assert_eq!(seq, 51);
+    assert_eq!(seq, 52, "98 took seq 51, 99 the next");
     sink.flush().await.expect("flush");
     let mut want: Vec<u64> = (0..50)
-        .chain([99])
+        .chain([98, 99])
         .chain(accepted.iter().copied())
         .collect();
     want.sort_unstable();
@@ -269,6 +279,8 @@ async fn shutdown_while_the_disk_is_full_reports_and_keeps_what_was_durable() {
         let sink = sink.clone();
         tokio::spawn(async move { sink.push_durable(99).await })
     };
+    // Cancel only once the record is queued: it must then be refused with the error.
+    wait_until_pushed(&sink, 21).await;
     shutdown.cancel();
     match handle.join().await {
         Err(SinkError::Io(e)) => assert_eq!(e.kind(), io::ErrorKind::StorageFull),

@@ -57,6 +57,8 @@
 mod actor;
 mod codec;
 mod config;
+#[doc(hidden)]
+pub mod crashpoint;
 mod drain;
 mod error;
 #[cfg(test)]

@@ -19,7 +19,7 @@ async fn a_record_over_max_record_bytes_is_too_large_and_the_sink_keeps_working(
     let (sink, handle) = DurableSink::<Vec<u8>>::open_with_codec(
         cfg,
         walsink::RawCodec,
-        Bytes(got.clone()),
+        CollectBytes(got.clone()),
         shutdown.clone(),
     )
     .await?;
@@ -142,15 +142,4 @@ async fn a_dir_that_cannot_be_created_is_a_clear_error() -> Result<(), Box<dyn s
         Err(other) => panic!("expected Io, got {other}"),
     }
     Ok(())
-}
-
-struct Bytes(std::sync::Arc<std::sync::Mutex<Vec<Vec<u8>>>>);
-impl walsink::SinkDrain<Vec<u8>> for Bytes {
-    async fn write_batch(&mut self, b: walsink::Batch<Vec<u8>>) -> Result<(), walsink::DrainError> {
-        self.0
-            .lock()
-            .map_err(|e| walsink::DrainError::retryable(e.to_string()))?
-            .extend(b.into_items());
-        Ok(())
-    }
 }

@@ -1,48 +1,36 @@
-//! Stable-toolchain coverage of the fuzz targets: replays every saved corpus file
-//! (`fuzz/corpus/<target>/`) through the same function the target calls, then runs a
+//! Stable-toolchain coverage of the fuzz targets: replays every seed
+//! (`fuzz/seeds/<target>/`) and saved corpus file (`fuzz/corpus/<target>/`) through the
+//! same function the target calls, then runs a
 //! seeded mutation pass (bit flips, truncations, overwrites, splices) over the seeds, so
 //! CI exercises the decoders on damaged input without nightly or libFuzzer.
 //!
 //! Rerun a failure with `WALSINK_SEED=<seed> cargo test --test fuzz_corpus`; raise the
 //! mutation count with `WALSINK_FUZZ_MUTATIONS`.
 
+mod common;
+
+use common::Rng;
 use std::path::Path;
 
+/// Every file of `fuzz/seeds/<target>/` (named seeds from real WALs, never minimized)
+/// and `fuzz/corpus/<target>/` (what the fuzzer found, minimized with `cargo fuzz cmin`).
 fn corpus(target: &str) -> Vec<(String, Vec<u8>)> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("fuzz/corpus")
-        .join(target);
-    let mut files: Vec<(String, Vec<u8>)> = std::fs::read_dir(&dir)
-        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
-        .filter_map(|e| e.ok())
-        .filter_map(|e| {
-            Some((
-                e.file_name().to_string_lossy().into_owned(),
-                std::fs::read(e.path()).ok()?,
-            ))
-        })
-        .collect();
-    files.sort();
-    assert!(!files.is_empty(), "empty corpus for {target}");
-    files
-}
-
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    fn below(&mut self, n: usize) -> usize {
-        if n == 0 {
-            0
-        } else {
-            (self.next() % n as u64) as usize
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz");
+    let mut files = Vec::new();
+    for kind in ["seeds", "corpus"] {
+        let dir = root.join(kind).join(target);
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for e in entries.filter_map(|e| e.ok()) {
+            if let Ok(bytes) = std::fs::read(e.path()) {
+                files.push((e.file_name().to_string_lossy().into_owned(), bytes));
+            }
         }
     }
+    files.sort();
+    assert!(!files.is_empty(), "no seeds or corpus for {target}");
+    files
 }
 
 fn mutate(rng: &mut Rng, seed: &[u8], other: &[u8]) -> Vec<u8> {
@@ -81,10 +69,7 @@ fn mutate(rng: &mut Rng, seed: &[u8], other: &[u8]) -> Vec<u8> {
 }
 
 fn seed() -> u64 {
-    std::env::var("WALSINK_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0xF0221)
+    common::seed_or(0xF0221)
 }
 
 fn mutations() -> usize {
@@ -135,17 +120,20 @@ fn directory_corpus_and_mutations_never_panic() {
     });
 }
 
-/// The unmodified seeds are real WALs: they must open and read back every record.
+/// The named seeds (from `examples/fuzz_seeds.rs`) are real WALs: they must open and
+/// read back every record. Inputs the fuzzer added may be refused; they only must not
+/// panic (checked above).
 #[test]
 fn directory_seeds_open_and_read_back() {
-    for (name, bytes) in corpus("directory") {
-        let n = walsink::fuzzing::directory(&bytes)
+    let files = corpus("directory");
+    for (name, want) in [("delivered", 0), ("backlog", 600), ("large", 2)] {
+        let bytes = &files
+            .iter()
+            .find(|(n, _)| n == name)
+            .unwrap_or_else(|| panic!("seed {name} missing"))
+            .1;
+        let n = walsink::fuzzing::directory(bytes)
             .unwrap_or_else(|| panic!("seed {name} did not open"));
-        match name.as_str() {
-            "delivered" => assert_eq!(n, 0, "delivered records are not replayed"),
-            "backlog" => assert_eq!(n, 600),
-            "large" => assert_eq!(n, 2),
-            _ => {}
-        }
+        assert_eq!(n, want, "seed {name}");
     }
 }

@@ -98,33 +98,19 @@ fn read_child_log(path: &Path) -> Vec<(u64, u64)> {
         .collect()
 }
 
-fn seed() -> u64 {
-    std::env::var("WALSINK_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0x5EED_0001)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_at_random_points_loses_nothing_that_was_synced()
 -> Result<(), Box<dyn std::error::Error>> {
-    let seed = seed();
+    let seed = seed_or(0x5EED_0001);
     eprintln!("kill9 seed {seed} (rerun: WALSINK_SEED={seed} cargo test --test kill9)");
-    let mut rng = seed;
-    let mut next = move || {
-        rng = rng.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = rng;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    };
+    let mut rng = Rng(seed);
     let exe = std::env::current_exe()?;
     for round in 0..ROUNDS {
         let tmp = tempfile::tempdir()?;
         let base = tmp.path().join("child");
         std::fs::create_dir_all(&base)?;
         let durability = ["never", "interval", "always"][(round % 3) as usize];
-        let kill_after = 1 + next() % 60;
+        let kill_after = 1 + rng.next() % 60;
         let mut child = Command::new(&exe)
             .args([
                 "--exact",
@@ -142,7 +128,8 @@ async fn sigkill_at_random_points_loses_nothing_that_was_synced()
         let mut seen = 0;
         for line in BufReader::new(stdout).lines() {
             let line = line?;
-            if let Some(v) = line.strip_prefix("synced ") {
+            // libtest may print "test child_process_entry ... " before the first line.
+            if let Some(v) = line.find("synced ").map(|at| &line[at + "synced ".len()..]) {
                 last_synced = Some(v.trim().parse()?);
                 seen += 1;
                 if seen >= kill_after {

@@ -73,7 +73,7 @@ async fn a_record_larger_than_a_segment_gets_its_own() -> Result<(), Box<dyn std
     let (sink, handle) = DurableSink::<Vec<u8>>::open_with_codec(
         cfg,
         walsink::RawCodec,
-        Bytes(got.clone()),
+        CollectBytes(got.clone()),
         shutdown.clone(),
     )
     .await?;
@@ -92,15 +92,4 @@ async fn a_record_larger_than_a_segment_gets_its_own() -> Result<(), Box<dyn std
     shutdown.cancel();
     handle.join().await?;
     Ok(())
-}
-
-struct Bytes(std::sync::Arc<std::sync::Mutex<Vec<Vec<u8>>>>);
-impl walsink::SinkDrain<Vec<u8>> for Bytes {
-    async fn write_batch(&mut self, b: walsink::Batch<Vec<u8>>) -> Result<(), walsink::DrainError> {
-        self.0
-            .lock()
-            .map_err(|e| walsink::DrainError::retryable(e.to_string()))?
-            .extend(b.into_items());
-        Ok(())
-    }
 }

@@ -61,6 +61,7 @@ impl Cursor {
         );
         if acked_through > current {
             self.register.write(acked_through)?;
+            crate::crashpoint::hit("cursor.after_write");
         }
         self.retire()
     }
@@ -82,6 +83,7 @@ impl Cursor {
         // fsync the cursor before deleting: otherwise a power loss could leave a durable
         // cursor that still needs a segment that is gone.
         self.register.sync()?;
+        crate::crashpoint::hit("cursor.before_delete");
         for seg in doomed {
             assert!(
                 self.register.durable_value() >= seg.first_seq,
@@ -97,6 +99,7 @@ impl Cursor {
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {}
                 Err(e) => return Err(e),
             }
+            crate::crashpoint::hit("cursor.after_delete");
             // No directory fsync here: if a power loss undoes this delete, the segment
             // reappears wholly at or below the durable cursor and the next open
             // deletes it again.

@@ -246,47 +246,27 @@ pub(crate) fn recover(
             }
         }
     }
-    let (cursor, cursor_fresh) = match cursor_found {
-        RegisterOpen::Loaded(r) => (r, false),
-        other => {
-            if matches!(other, RegisterOpen::Unreadable) {
-                let to = quarantine(s, dir, CURSOR_FILE, &mut names)
-                    .map_err(io_err("quarantine", &cursor_path))?;
-                tracing::error!(to = %to.display(), "unreadable cursor quarantined; delivery restarts at the oldest segment");
-                report.quarantined.push(to);
-                quarantined_any = true;
-            }
-            if quarantined_any {
-                // Sync the directory: the renames must be durable before new files take
-                // the old names, or a power loss could bring back the unreadable file.
-                s.sync_dir(dir).map_err(io_err("sync directory", dir))?;
-                quarantined_any = false;
-            }
-            let r = Register::create(s, dir, CURSOR_FILE, RegisterKind::Cursor, 0)
-                .map_err(io_err("create cursor", &cursor_path))?;
-            (r, true)
-        }
-    };
+    let (cursor, cursor_fresh) = register_or_replace(
+        s,
+        dir,
+        cursor_found,
+        CURSOR_FILE,
+        RegisterKind::Cursor,
+        &mut names,
+        &mut report,
+        &mut quarantined_any,
+    )?;
     report.cursor_reset = cursor_fresh && set.count() > 0;
-    let lease = match lease_found {
-        RegisterOpen::Loaded(r) => r,
-        other => {
-            if matches!(other, RegisterOpen::Unreadable) {
-                let to = quarantine(s, dir, SEQ_LEASE_FILE, &mut names)
-                    .map_err(io_err("quarantine", &lease_path))?;
-                tracing::error!(to = %to.display(), "unreadable seq lease quarantined");
-                report.quarantined.push(to);
-                quarantined_any = true;
-            }
-            if quarantined_any {
-                // Sync the directory: as above, renames before re-creation.
-                s.sync_dir(dir).map_err(io_err("sync directory", dir))?;
-                quarantined_any = false;
-            }
-            Register::create(s, dir, SEQ_LEASE_FILE, RegisterKind::SeqLease, 0)
-                .map_err(io_err("create seq lease", &lease_path))?
-        }
-    };
+    let (lease, _) = register_or_replace(
+        s,
+        dir,
+        lease_found,
+        SEQ_LEASE_FILE,
+        RegisterKind::SeqLease,
+        &mut names,
+        &mut report,
+        &mut quarantined_any,
+    )?;
     if quarantined_any {
         // Sync the directory: make the quarantine renames durable, so a power loss does
         // not bring back a segment this open already reported as quarantined.
@@ -396,6 +376,40 @@ pub(crate) fn recover(
         next_seq,
         report,
     })
+}
+
+/// Returns the register if it loaded; otherwise quarantines an unreadable file,
+/// creates a fresh register holding 0, and says so (`true`).
+#[allow(clippy::too_many_arguments)]
+fn register_or_replace(
+    s: &dyn Storage,
+    dir: &Path,
+    found: RegisterOpen,
+    name: &str,
+    kind: RegisterKind,
+    names: &mut HashSet<String>,
+    report: &mut RecoveryReport,
+    renames_pending: &mut bool,
+) -> Result<(Register, bool), OpenError> {
+    let path = dir.join(name);
+    match found {
+        RegisterOpen::Loaded(r) => return Ok((r, false)),
+        RegisterOpen::Unreadable => {
+            let to = quarantine(s, dir, name, names).map_err(io_err("quarantine", &path))?;
+            tracing::error!(to = %to.display(), "unreadable {name} quarantined and replaced (a cursor restarts at the oldest segment)");
+            report.quarantined.push(to);
+            *renames_pending = true;
+        }
+        RegisterOpen::Missing | RegisterOpen::UnsupportedVersion(_) => {}
+    }
+    if *renames_pending {
+        // Sync the directory: the renames must be durable before new files take the
+        // old names, or a power loss could bring back the unreadable file.
+        s.sync_dir(dir).map_err(io_err("sync directory", dir))?;
+        *renames_pending = false;
+    }
+    let r = Register::create(s, dir, name, kind, 0).map_err(io_err("create register", &path))?;
+    Ok((r, true))
 }
 
 fn open_register(

@@ -193,6 +193,7 @@ impl WalWriter {
             self.init
                 .lease
                 .write_durable(seq.saturating_add(LEASE_BLOCK))?;
+            crate::crashpoint::hit("lease.after_renew");
         }
         encode_frame(&mut self.buf, seq, payload);
         self.init.next_seq = seq + 1;
@@ -217,6 +218,7 @@ impl WalWriter {
             self.init.active.set_len(self.init.active_len)?;
             return Err(Stop::NoSpace(e));
         }
+        crate::crashpoint::hit("writer.after_write");
         self.init.active_len += self.buf.len() as u64;
         self.buf.clear();
         self.init
@@ -240,6 +242,7 @@ impl WalWriter {
         // written since the last one, so no waiter is answered before it. Any error here
         // is fatal, ENOSPC included (writeback failed; the data may be gone).
         self.init.active.sync().map_err(Stop::Fatal)?;
+        crate::crashpoint::hit("writer.after_sync");
         self.init
             .shared
             .metrics
@@ -255,6 +258,7 @@ impl WalWriter {
         // Rollover fsync: later syncs cover only the active segment, so what this
         // segment holds must be durable before the writer moves on.
         self.sync()?;
+        crate::crashpoint::hit("writer.roll.before_create");
         let first_seq = self.init.next_seq;
         let header = SegmentHeader {
             codec_id: self.init.codec_id,
@@ -276,6 +280,7 @@ impl WalWriter {
             }
             Err(e) => return Err(Stop::Fatal(e)),
         };
+        crate::crashpoint::hit("writer.roll.after_create");
         let header_bytes = SEGMENT_HEADER_BYTES as u64;
         {
             let mut set = self

@@ -185,3 +185,45 @@ pub fn assert_seqs_increase(log: &[(u64, u64)]) {
         );
     }
 }
+
+/// Collects raw byte records.
+pub struct CollectBytes(pub Arc<Mutex<Vec<Vec<u8>>>>);
+
+impl SinkDrain<Vec<u8>> for CollectBytes {
+    async fn write_batch(&mut self, b: Batch<Vec<u8>>) -> Result<(), DrainError> {
+        self.0
+            .lock()
+            .map_err(|e| DrainError::retryable(e.to_string()))?
+            .extend(b.into_items());
+        Ok(())
+    }
+}
+
+/// SplitMix64: the seeded generator of the randomized tests.
+pub struct Rng(pub u64);
+
+impl Rng {
+    pub fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    pub fn below(&mut self, n: usize) -> usize {
+        if n == 0 {
+            0
+        } else {
+            (self.next() % n as u64) as usize
+        }
+    }
+}
+
+/// `WALSINK_SEED` if set, else `default`.
+pub fn seed_or(default: u64) -> u64 {
+    std::env::var("WALSINK_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(default)
+}
