@@ -3,7 +3,7 @@
 //! With the `crashpoints` cargo feature, `WALSINK_CRASH_AT=<name>:<n>` makes the process
 //! abort the n-th time it passes the point `<name>`. An abort, like `kill -9`, runs no
 //! destructor and flushes nothing, and the page cache keeps what was written. Without
-//! the feature (the default), [`hit`] is an empty inline function.
+//! the feature (the default), `hit` is an empty inline function.
 
 /// Every crash point, with what has and has not happened when it fires.
 pub const CRASH_POINTS: &[&str] = &[
