@@ -72,6 +72,8 @@ pub(crate) struct Shared {
 
     failed: AtomicBool,
     failure: OnceLock<Arc<io::Error>>,
+    /// The writer is holding writes because the disk is full (ENOSPC).
+    pub(crate) disk_full: AtomicBool,
 
     /// Writer → delivery task: `written_seq` moved (or the writer stopped).
     pub(crate) data_ready: Notify,
@@ -101,6 +103,7 @@ impl Shared {
             acked_seq: AtomicU64::new(0),
             failed: AtomicBool::new(false),
             failure: OnceLock::new(),
+            disk_full: AtomicBool::new(false),
             data_ready: Notify::new(),
             room: Notify::new(),
         }

@@ -154,6 +154,9 @@ pub struct SinkStats {
     pub corrupt_records: u64,
     /// Files quarantined at open.
     pub quarantined_segments: u64,
+    /// The writer is holding writes because the disk is full (ENOSPC); pushes see
+    /// `Overflow` or wait until space is freed.
+    pub disk_full: bool,
 }
 
 /// Gives back reserved budget if a push is abandoned before its record is queued.
@@ -576,6 +579,7 @@ impl<T: Send + 'static> DurableSink<T> {
             replayed: s.replayed.get(),
             corrupt_records: s.corrupt_records.get(),
             quarantined_segments: s.quarantined_segments.get(),
+            disk_full: s.disk_full.load(Ordering::Acquire),
         }
     }
 

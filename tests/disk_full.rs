@@ -87,15 +87,15 @@ async fn a_full_filesystem_holds_writes_and_resumes_when_segments_are_deleted()
     sink.sync().await?;
 
     // Fill the filesystem until pushes overflow behind the held writer. An overflow
-    // only counts once the segments really occupy the filesystem (the queue can also
-    // fill for a moment because the producer outruns the writer).
+    // only counts once the writer reports the disk full (the queue can also fill for a
+    // moment because the producer outruns the writer).
     let wal = mnt.join("wal");
     let mut accepted: Vec<u64> = (0..100).collect();
     let mut full = false;
     for i in 100..1_000_000u64 {
         match sink.try_push(record(i)) {
             Ok(()) => accepted.push(i),
-            Err(SinkError::Overflow) if segment_bytes_on_disk(&wal) >= 400 * 1024 => {
+            Err(SinkError::Overflow) if sink.stats().disk_full => {
                 full = true;
                 break;
             }
@@ -130,8 +130,14 @@ async fn a_full_filesystem_holds_writes_and_resumes_when_segments_are_deleted()
 
     // The drain resumes: acknowledged segments are deleted, space returns.
     gate.add_permits(1 << 24);
-    sync.await??;
-    sink.flush().await?;
+    // Deadlines turn a regression (space never freed) into a failure, not a hang.
+    let deadline = std::time::Duration::from_secs(60);
+    tokio::time::timeout(deadline, sync)
+        .await
+        .map_err(|_| "sync never completed after the drain resumed")???;
+    tokio::time::timeout(deadline, sink.flush())
+        .await
+        .map_err(|_| "flush never completed")??;
     let got: Vec<u64> = values(&log);
     assert_eq!(got, accepted, "every accepted record, in order, none lost");
     assert!(

@@ -124,8 +124,13 @@ impl Register {
             generation: 1,
             value,
         };
-        file.write_all_at(&slot.encode(), REGISTER_SLOT_OFFSETS[0])?;
-        file.set_len(REGISTER_FILE_BYTES)?;
+        // Write the whole file, both slots' blocks included, rather than extending it
+        // with set_len: a sparse block would need allocating at the first write to the
+        // other slot, and on a full disk that write fails. The cursor must always be
+        // writable, because advancing it is what frees space (found by the tmpfs test).
+        let mut image = vec![0u8; REGISTER_FILE_BYTES as usize];
+        image[..REGISTER_SLOT_BYTES].copy_from_slice(&slot.encode());
+        file.write_all_at(&image, REGISTER_SLOT_OFFSETS[0])?;
         // Sync the file: a power loss must not leave the new register with no valid slot.
         file.sync()?;
         // Sync the directory: a power loss could drop the new file's entry, and the next
@@ -301,6 +306,29 @@ mod tests {
                 other => panic!("seed {seed}: register unreadable after power loss: {other:?}"),
             }
         }
+        Ok(())
+    }
+
+    /// Regression (tests/disk_full.rs hung): a register created with `set_len` left its
+    /// second slot's block sparse; on a full disk the first cursor write there failed,
+    /// so nothing could be deleted and no space ever freed. Every block must be
+    /// allocated at creation.
+    #[test]
+    fn a_new_register_file_has_every_block_allocated() -> io::Result<()> {
+        use std::os::unix::fs::MetadataExt;
+        let tmp = tempfile::tempdir()?;
+        Register::create(&RealStorage, tmp.path(), "CURSOR", RegisterKind::Cursor, 0)?;
+        let meta = std::fs::metadata(tmp.path().join("CURSOR"))?;
+        assert_eq!(meta.len(), REGISTER_FILE_BYTES);
+        if meta.blocks() == 0 {
+            eprintln!("skipped: this filesystem reports no allocated blocks");
+            return Ok(());
+        }
+        assert!(
+            meta.blocks() * 512 >= REGISTER_FILE_BYTES,
+            "sparse register: {} blocks of 512 bytes",
+            meta.blocks()
+        );
         Ok(())
     }
 }

@@ -446,6 +446,10 @@ impl WalWriter {
     }
 
     fn stall(&mut self, e: io::Error) -> Progress {
+        self.init
+            .shared
+            .disk_full
+            .store(true, std::sync::atomic::Ordering::Release);
         tracing::warn!(dir = %self.init.dir.display(), error = %e, held = self.held.len(), "WAL disk full; holding writes until space is freed");
         Progress::Stalled
     }
@@ -506,10 +510,18 @@ impl WalWriter {
                 }
                 match self.process(&flushes) {
                     Progress::Done => {
+                        self.init
+                            .shared
+                            .disk_full
+                            .store(false, std::sync::atomic::Ordering::Release);
                         tracing::info!(dir = %self.init.dir.display(), "WAL disk space available again; writing resumed");
                         stalled = None;
                     }
                     Progress::Stalled if closing => {
+                        self.init
+                            .shared
+                            .disk_full
+                            .store(false, std::sync::atomic::Ordering::Release);
                         self.abandon(io::Error::from(io::ErrorKind::StorageFull));
                         stalled = None;
                     }

@@ -1,0 +1,117 @@
+//! Hot path: `try_push` against a bounded `tokio::mpsc` `try_send` of the same message
+//! (the in-memory design's cost), 1 and 4 producers, for a ~100-byte event and for a
+//! 100-byte `Vec<u8>` with the default (bincode) codec. Both queues are drained
+//! concurrently and sized so that nothing overflows. Time per message, median of the
+//! samples; the report prints walsink / baseline. DESIGN §7 target: within 2x.
+
+mod support;
+
+use std::sync::{Arc, Barrier};
+use std::time::{Duration, Instant};
+
+use criterion::{BenchmarkId, Criterion};
+use support::{Event, Noop, event, report};
+use tokio_util::sync::CancellationToken;
+use walsink::{Durability, DurableSink, SinkConfig};
+
+const QUEUE: usize = 1 << 22;
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime")
+}
+
+fn sink_config(dir: &std::path::Path) -> SinkConfig {
+    let mut c = SinkConfig::new(dir);
+    c.queue_capacity = QUEUE;
+    c.durability = Durability::Never;
+    c.max_disk_bytes = 64 << 30;
+    c.batch_size = 4096;
+    c
+}
+
+/// Times `producers` threads pushing `iters` pre-built messages in total.
+fn timed<M: Send + 'static>(iters: u64, producers: usize, make: impl Fn(u64) -> M, push: Arc<dyn Fn(M) + Send + Sync>) -> Duration {
+    let per = (iters as usize).div_ceil(producers);
+    let barrier = Arc::new(Barrier::new(producers + 1));
+    let mut handles = Vec::new();
+    for p in 0..producers {
+        let msgs: Vec<M> = (0..per).map(|i| make((p * per + i) as u64)).collect();
+        let (barrier, push) = (Arc::clone(&barrier), Arc::clone(&push));
+        handles.push(std::thread::spawn(move || {
+            barrier.wait();
+            let start = Instant::now();
+            for m in msgs {
+                push(m);
+            }
+            start.elapsed()
+        }));
+    }
+    barrier.wait();
+    handles.into_iter().map(|h| h.join().expect("producer")).max().unwrap_or_default()
+}
+
+fn bench_message<M, F>(c: &mut Criterion, group: &str, make: F)
+where
+    M: Clone + Send + serde::Serialize + serde::de::DeserializeOwned + 'static,
+    F: Fn(u64) -> M + Copy,
+{
+    let rt = rt();
+    let mut g = c.benchmark_group(group);
+    g.measurement_time(Duration::from_secs(4)).warm_up_time(Duration::from_secs(1));
+    for producers in [1usize, 4] {
+        // Baseline: bounded mpsc, drained by a task.
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<M>(QUEUE);
+        rt.spawn(async move {
+            let mut buf = Vec::with_capacity(4096);
+            while rx.recv_many(&mut buf, 4096).await > 0 {
+                buf.clear();
+            }
+        });
+        let push: Arc<dyn Fn(M) + Send + Sync> = Arc::new(move |m| tx.try_send(m).expect("mpsc has room"));
+        g.bench_function(BenchmarkId::new("mpsc_try_send", producers), |b| {
+            b.iter_custom(|iters| timed(iters, producers, make, Arc::clone(&push)))
+        });
+
+        // walsink, Durability::Never, noop drain.
+        let dir = tempfile::tempdir().expect("tempdir");
+        let shutdown = CancellationToken::new();
+        let (sink, handle) = rt
+            .block_on(DurableSink::<M>::open(sink_config(dir.path()), Noop, shutdown.clone()))
+            .expect("open");
+        let s = sink.clone();
+        let push: Arc<dyn Fn(M) + Send + Sync> = Arc::new(move |m| s.try_push(m).expect("sink has room"));
+        g.bench_function(BenchmarkId::new("walsink_try_push", producers), |b| {
+            b.iter_custom(|iters| {
+                let d = timed(iters, producers, make, Arc::clone(&push));
+                // Let the writer catch up (not timed), so the next sample starts idle.
+                rt.block_on(sink.sync()).expect("sync");
+                d
+            })
+        });
+        drop(sink);
+        drop(push);
+        shutdown.cancel();
+        rt.block_on(handle.join()).expect("join");
+    }
+    g.finish();
+}
+
+fn main() {
+    let mut c = Criterion::default().configure_from_args();
+    bench_message::<Event, _>(&mut c, "try_push_event", event);
+    bench_message::<Vec<u8>, _>(&mut c, "try_push_bytes100", |i| {
+        let mut v = vec![7u8; 100];
+        v[..8].copy_from_slice(&i.to_le_bytes());
+        v
+    });
+    c.final_summary();
+    report(
+        "hot path (DESIGN §7: within 2x of mpsc try_send)",
+        &[
+            ("try_push_event", "mpsc_try_send/1", "walsink_try_push/1"),
+            ("try_push_event", "mpsc_try_send/4", "walsink_try_push/4"),
+            ("try_push_bytes100", "mpsc_try_send/1", "walsink_try_push/1"),
+            ("try_push_bytes100", "mpsc_try_send/4", "walsink_try_push/4"),
+        ],
+    );
+}

@@ -1,0 +1,49 @@
+//! Shared by the benches: the 100-byte event, drains, and the ratio report.
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+use walsink::{Batch, DrainError, SinkDrain};
+
+/// A typical dead-letter event, about 100 bytes encoded with the default codec.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Event {
+    pub id: u64,
+    pub source: String,
+    pub reason: String,
+    pub attempt: u32,
+}
+
+pub fn event(id: u64) -> Event {
+    Event { id, source: "orders-service".into(), reason: "schema validation failed: missing field 'sku' in line".into(), attempt: 3 }
+}
+
+/// Acknowledges everything.
+pub struct Noop;
+
+impl<T: Send + 'static> SinkDrain<T> for Noop {
+    async fn write_batch(&mut self, _batch: Batch<T>) -> Result<(), DrainError> {
+        Ok(())
+    }
+}
+
+/// Median (ns) of a criterion benchmark from `target/criterion/<group>/<id>/new/estimates.json`.
+pub fn median_ns(group: &str, id: &str) -> Option<f64> {
+    let root = std::env::var("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|_| PathBuf::from("target"));
+    let path = root.join("criterion").join(group).join(id).join("new").join("estimates.json");
+    let text = std::fs::read_to_string(path).ok()?;
+    let v: serde_json::Value = serde_json::from_str(&text).ok()?;
+    v.get("median")?.get("point_estimate")?.as_f64()
+}
+
+/// Prints `subject / baseline` for each pair, from this run's medians.
+pub fn report(title: &str, pairs: &[(&str, &str, &str)]) {
+    println!("\n== {title}: medians of this run");
+    for (group, baseline, subject) in pairs {
+        match (median_ns(group, baseline), median_ns(group, subject)) {
+            (Some(b), Some(s)) => println!("{group}: {subject} {s:.1} ns vs {baseline} {b:.1} ns = {:.2}x", s / b),
+            _ => println!("{group}: no estimates (run without --test)"),
+        }
+    }
+}
