@@ -6,6 +6,7 @@
 //! back from the WAL. Each codec has an id, recorded in every segment header: a WAL
 //! written with one codec is refused (not misread) when opened with another.
 
+use std::any::{Any, TypeId};
 use std::error::Error;
 use std::fmt;
 
@@ -64,12 +65,35 @@ impl<T: Serialize + DeserializeOwned + Send + 'static> Codec<T> for BincodeCodec
     }
 
     fn encode(&self, value: &T, out: &mut Vec<u8>) -> Result<(), CodecError> {
+        // serde hands a `Vec<u8>` to bincode one byte at a time; write the same bytes
+        // bincode would (varint length, then the bytes) in one copy instead.
+        if let Some(bytes) = (value as &dyn Any).downcast_ref::<Vec<u8>>() {
+            put_varint(out, bytes.len() as u64);
+            out.extend_from_slice(bytes);
+            return Ok(());
+        }
         bincode::serde::encode_into_std_write(value, out, bincode::config::standard())
             .map(|_| ())
             .map_err(CodecError::new)
     }
 
     fn decode(&self, bytes: &[u8]) -> Result<T, CodecError> {
+        if TypeId::of::<T>() == TypeId::of::<Vec<u8>>() {
+            let (len, used) =
+                get_varint(bytes).ok_or_else(|| CodecError::new("bad length prefix"))?;
+            let body = bytes.get(used..).unwrap_or_default();
+            if len != body.len() as u64 {
+                return Err(CodecError::new(format!(
+                    "length prefix {len} does not match {} bytes",
+                    body.len()
+                )));
+            }
+            let boxed: Box<dyn Any> = Box::new(body.to_vec());
+            return boxed
+                .downcast::<T>()
+                .map(|b| *b)
+                .map_err(|_| CodecError::new("type mismatch"));
+        }
         let (value, used) =
             bincode::serde::decode_from_slice::<T, _>(bytes, bincode::config::standard())
                 .map_err(CodecError::new)?;
@@ -80,6 +104,39 @@ impl<T: Serialize + DeserializeOwned + Send + 'static> Codec<T> for BincodeCodec
             )));
         }
         Ok(value)
+    }
+}
+
+/// bincode 2's varint (standard config): < 251 in one byte; else a marker (251: u16,
+/// 252: u32, 253: u64) and the little-endian value.
+fn put_varint(out: &mut Vec<u8>, v: u64) {
+    if v < 251 {
+        out.push(v as u8);
+    } else if v <= u64::from(u16::MAX) {
+        out.push(251);
+        out.extend_from_slice(&(v as u16).to_le_bytes());
+    } else if v <= u64::from(u32::MAX) {
+        out.push(252);
+        out.extend_from_slice(&(v as u32).to_le_bytes());
+    } else {
+        out.push(253);
+        out.extend_from_slice(&v.to_le_bytes());
+    }
+}
+
+fn get_varint(b: &[u8]) -> Option<(u64, usize)> {
+    match *b.first()? {
+        x @ 0..=250 => Some((u64::from(x), 1)),
+        251 => Some((
+            u64::from(u16::from_le_bytes(b.get(1..3)?.try_into().ok()?)),
+            3,
+        )),
+        252 => Some((
+            u64::from(u32::from_le_bytes(b.get(1..5)?.try_into().ok()?)),
+            5,
+        )),
+        253 => Some((u64::from_le_bytes(b.get(1..9)?.try_into().ok()?), 9)),
+        _ => None,
     }
 }
 
@@ -105,6 +162,32 @@ impl Codec<Vec<u8>> for RawCodec {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The `Vec<u8>` fast path writes exactly what bincode's serde path writes, at every
+    /// varint boundary, and each decodes the other's bytes.
+    #[test]
+    fn bytes_fast_path_matches_bincode_byte_for_byte() -> Result<(), CodecError> {
+        for len in [0usize, 1, 100, 250, 251, 252, 65_535, 65_536, 70_000] {
+            let v: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
+            let mut fast = Vec::new();
+            Codec::<Vec<u8>>::encode(&BincodeCodec, &v, &mut fast)?;
+            let slow = bincode::serde::encode_to_vec(&v, bincode::config::standard())
+                .map_err(CodecError::new)?;
+            assert_eq!(fast, slow, "len {len}");
+            let back: Vec<u8> = BincodeCodec.decode(&slow)?;
+            assert_eq!(back, v);
+            let (serde_back, _): (Vec<u8>, usize) =
+                bincode::serde::decode_from_slice(&fast, bincode::config::standard())
+                    .map_err(CodecError::new)?;
+            assert_eq!(serde_back, v);
+        }
+        let mut bad = Vec::new();
+        Codec::<Vec<u8>>::encode(&BincodeCodec, &vec![1, 2, 3], &mut bad)?;
+        bad.push(0);
+        assert!(Codec::<Vec<u8>>::decode(&BincodeCodec, &bad).is_err());
+        assert!(Codec::<Vec<u8>>::decode(&BincodeCodec, &[255]).is_err());
+        Ok(())
+    }
 
     #[test]
     fn bincode_round_trips_and_rejects_trailing_bytes() -> Result<(), CodecError> {

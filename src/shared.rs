@@ -1,8 +1,8 @@
 //! State shared by producers, the WAL writer thread and the delivery task.
 //!
 //! Only atomics and wake-ups live here; each piece has one writer:
-//! - producers: `pushed`, `dropped`, `queued` (+), `disk_used` (reserve);
-//! - the WAL writer: `written_seq`, `synced_seq`, `queued` (−), `failure`;
+//! - producers: `pushed`, `dropped`, `disk_used` (reserve);
+//! - the WAL writer: `written_seq`, `synced_seq`, `taken`, `failure`;
 //! - the delivery task: `acked_seq`, `disk_used` (release on delete), the counters of
 //!   delivery.
 //!
@@ -55,8 +55,9 @@ pub(crate) struct Shared {
     pub(crate) corrupt_records: Stat,
     pub(crate) quarantined_segments: Stat,
 
-    /// Records accepted by producers and not yet taken by the writer.
-    pub(crate) queued: AtomicU64,
+    /// Records the writer has taken off the queue (`pushed - taken` are queued). Kept
+    /// by the writer alone, so the hot path pays no extra atomic for it.
+    pub(crate) taken: AtomicU64,
     /// Bytes of segment files plus frames reserved by accepted, unwritten records.
     pub(crate) disk_used: AtomicU64,
     /// Segment files.
@@ -95,7 +96,7 @@ impl Shared {
             rejected: Stat::new(),
             corrupt_records: Stat::new(),
             quarantined_segments: Stat::new(),
-            queued: AtomicU64::new(0),
+            taken: AtomicU64::new(0),
             disk_used: AtomicU64::new(0),
             wal_segments: AtomicU64::new(0),
             written_seq: AtomicU64::new(0),

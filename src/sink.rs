@@ -24,7 +24,12 @@ use crate::wal::format::frame_bytes;
 use crate::wal::reader::WalReader;
 use crate::wal::recovery::{RecoveryLimits, RecoveryReport, recover};
 use crate::wal::storage::{RealStorage, Storage};
-use crate::wal::writer::{WalWriter, WriterInit, WriterMsg, spawn_writer};
+use crate::wal::writer::{Payload, WalWriter, WriterInit, WriterMsg, spawn_writer};
+
+thread_local! {
+    /// Per-thread encode buffer, reused across pushes.
+    static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
 
 /// A durable, WAL-backed background sink. Cheap to clone; share it among producers.
 ///
@@ -347,23 +352,38 @@ impl<T: Send + 'static> DurableSink<T> {
         Ok((sink, SinkHandle::new(task, thread)))
     }
 
-    fn encode(&self, record: &T) -> Result<Vec<u8>, SinkError> {
+    /// Encodes on the caller's thread into a reused thread-local buffer; a typical
+    /// record then travels inline in the queue message, with no allocation.
+    fn encode(&self, record: &T) -> Result<Payload, SinkError> {
         let inner = &*self.inner;
         if let Some(e) = inner.shared.failure() {
             return Err(e);
         }
-        let mut payload = Vec::new();
-        inner
-            .codec
-            .encode(record, &mut payload)
-            .map_err(|e: CodecError| SinkError::Encode(Arc::new(e)))?;
-        if payload.len() > inner.max_record_bytes {
-            return Err(SinkError::TooLarge {
-                len: payload.len(),
-                limit: inner.max_record_bytes,
-            });
-        }
-        Ok(payload)
+        SCRATCH.with(|cell| {
+            let mut fresh = Vec::new();
+            // A codec that pushes from inside `encode` would find the buffer borrowed.
+            let mut borrowed = cell.try_borrow_mut().ok();
+            let buf: &mut Vec<u8> = match borrowed.as_deref_mut() {
+                Some(b) => {
+                    b.clear();
+                    b
+                }
+                None => &mut fresh,
+            };
+            inner
+                .codec
+                .encode(record, buf)
+                .map_err(|e: CodecError| SinkError::Encode(Arc::new(e)))?;
+            if buf.len() > inner.max_record_bytes {
+                let len = buf.len();
+                buf.clear();
+                return Err(SinkError::TooLarge {
+                    len,
+                    limit: inner.max_record_bytes,
+                });
+            }
+            Ok(Payload::take(buf))
+        })
     }
 
     fn count_drop(&self) -> SinkError {
@@ -407,7 +427,6 @@ impl<T: Send + 'static> DurableSink<T> {
                 return Err(inner.shared.failure().unwrap_or(SinkError::Closed));
             }
         };
-        inner.shared.queued.fetch_add(1, Ordering::Relaxed);
         permit.send(WriterMsg::Record {
             payload,
             durable: None,
@@ -461,7 +480,6 @@ impl<T: Send + 'static> DurableSink<T> {
         let reservation = self.reserve_waiting(bytes).await?;
         let permit = inner.tx.reserve().await.map_err(|_| self.closed_error())?;
         reservation.commit();
-        inner.shared.queued.fetch_add(1, Ordering::Relaxed);
         permit.send(WriterMsg::Record { payload, durable });
         inner.shared.pushed.add(1, &inner.shared.metrics.pushed);
         Ok(())
@@ -554,7 +572,10 @@ impl<T: Send + 'static> DurableSink<T> {
     /// Records accepted but not yet acknowledged (recovered ones included).
     pub fn pending(&self) -> u64 {
         let s = &self.inner.shared;
-        let queued = s.queued.load(Ordering::Relaxed);
+        // Load `taken` first: `pushed` only grows, so the difference never goes
+        // negative in a way that matters (saturating either way).
+        let taken = s.taken.load(Ordering::Relaxed);
+        let queued = s.pushed.get().saturating_sub(taken);
         let written = s.written_seq.load(Ordering::Acquire);
         let acked = s.acked_seq.load(Ordering::Acquire);
         queued.saturating_add(written.saturating_sub(acked))

@@ -17,7 +17,11 @@ use walsink::{Durability, DurableSink, SinkConfig};
 const QUEUE: usize = 1 << 22;
 
 fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime")
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime")
 }
 
 fn sink_config(dir: &std::path::Path) -> SinkConfig {
@@ -30,7 +34,12 @@ fn sink_config(dir: &std::path::Path) -> SinkConfig {
 }
 
 /// Times `producers` threads pushing `iters` pre-built messages in total.
-fn timed<M: Send + 'static>(iters: u64, producers: usize, make: impl Fn(u64) -> M, push: Arc<dyn Fn(M) + Send + Sync>) -> Duration {
+fn timed<M: Send + 'static>(
+    iters: u64,
+    producers: usize,
+    make: impl Fn(u64) -> M,
+    push: Arc<dyn Fn(M) + Send + Sync>,
+) -> Duration {
     let per = (iters as usize).div_ceil(producers);
     let barrier = Arc::new(Barrier::new(producers + 1));
     let mut handles = Vec::new();
@@ -47,7 +56,11 @@ fn timed<M: Send + 'static>(iters: u64, producers: usize, make: impl Fn(u64) -> 
         }));
     }
     barrier.wait();
-    handles.into_iter().map(|h| h.join().expect("producer")).max().unwrap_or_default()
+    handles
+        .into_iter()
+        .map(|h| h.join().expect("producer"))
+        .max()
+        .unwrap_or_default()
 }
 
 fn bench_message<M, F>(c: &mut Criterion, group: &str, make: F)
@@ -57,7 +70,8 @@ where
 {
     let rt = rt();
     let mut g = c.benchmark_group(group);
-    g.measurement_time(Duration::from_secs(4)).warm_up_time(Duration::from_secs(1));
+    g.measurement_time(Duration::from_secs(4))
+        .warm_up_time(Duration::from_secs(1));
     for producers in [1usize, 4] {
         // Baseline: bounded mpsc, drained by a task.
         let (tx, mut rx) = tokio::sync::mpsc::channel::<M>(QUEUE);
@@ -67,7 +81,8 @@ where
                 buf.clear();
             }
         });
-        let push: Arc<dyn Fn(M) + Send + Sync> = Arc::new(move |m| tx.try_send(m).expect("mpsc has room"));
+        let push: Arc<dyn Fn(M) + Send + Sync> =
+            Arc::new(move |m| tx.try_send(m).expect("mpsc has room"));
         g.bench_function(BenchmarkId::new("mpsc_try_send", producers), |b| {
             b.iter_custom(|iters| timed(iters, producers, make, Arc::clone(&push)))
         });
@@ -76,10 +91,15 @@ where
         let dir = tempfile::tempdir().expect("tempdir");
         let shutdown = CancellationToken::new();
         let (sink, handle) = rt
-            .block_on(DurableSink::<M>::open(sink_config(dir.path()), Noop, shutdown.clone()))
+            .block_on(DurableSink::<M>::open(
+                sink_config(dir.path()),
+                Noop,
+                shutdown.clone(),
+            ))
             .expect("open");
         let s = sink.clone();
-        let push: Arc<dyn Fn(M) + Send + Sync> = Arc::new(move |m| s.try_push(m).expect("sink has room"));
+        let push: Arc<dyn Fn(M) + Send + Sync> =
+            Arc::new(move |m| s.try_push(m).expect("sink has room"));
         g.bench_function(BenchmarkId::new("walsink_try_push", producers), |b| {
             b.iter_custom(|iters| {
                 let d = timed(iters, producers, make, Arc::clone(&push));

@@ -16,7 +16,12 @@ pub struct Event {
 }
 
 pub fn event(id: u64) -> Event {
-    Event { id, source: "orders-service".into(), reason: "schema validation failed: missing field 'sku' in line".into(), attempt: 3 }
+    Event {
+        id,
+        source: "orders-service".into(),
+        reason: "schema validation failed: missing field 'sku' in line".into(),
+        attempt: 3,
+    }
 }
 
 /// Acknowledges everything.
@@ -30,8 +35,15 @@ impl<T: Send + 'static> SinkDrain<T> for Noop {
 
 /// Median (ns) of a criterion benchmark from `target/criterion/<group>/<id>/new/estimates.json`.
 pub fn median_ns(group: &str, id: &str) -> Option<f64> {
-    let root = std::env::var("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|_| PathBuf::from("target"));
-    let path = root.join("criterion").join(group).join(id).join("new").join("estimates.json");
+    let root = std::env::var("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| PathBuf::from("target"));
+    let path = root
+        .join("criterion")
+        .join(group)
+        .join(id)
+        .join("new")
+        .join("estimates.json");
     let text = std::fs::read_to_string(path).ok()?;
     let v: serde_json::Value = serde_json::from_str(&text).ok()?;
     v.get("median")?.get("point_estimate")?.as_f64()
@@ -42,8 +54,33 @@ pub fn report(title: &str, pairs: &[(&str, &str, &str)]) {
     println!("\n== {title}: medians of this run");
     for (group, baseline, subject) in pairs {
         match (median_ns(group, baseline), median_ns(group, subject)) {
-            (Some(b), Some(s)) => println!("{group}: {subject} {s:.1} ns vs {baseline} {b:.1} ns = {:.2}x", s / b),
+            (Some(b), Some(s)) => println!(
+                "{group}: {subject} {s:.1} ns vs {baseline} {b:.1} ns = {:.2}x",
+                s / b
+            ),
             _ => println!("{group}: no estimates (run without --test)"),
         }
     }
+}
+
+/// Appends one frame in walsink's format (len, CRC of len+seq+payload, seq, payload):
+/// the raw baselines do the same work as the WAL writer, without the sink.
+pub fn raw_frame(out: &mut Vec<u8>, seq: u64, payload: &[u8]) {
+    let len = payload.len() as u32;
+    let mut h = crc32fast::Hasher::new();
+    h.update(&len.to_le_bytes());
+    h.update(&seq.to_le_bytes());
+    h.update(payload);
+    out.extend_from_slice(&len.to_le_bytes());
+    out.extend_from_slice(&h.finalize().to_le_bytes());
+    out.extend_from_slice(&seq.to_le_bytes());
+    out.extend_from_slice(payload);
+}
+
+pub fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime")
 }

@@ -66,6 +66,53 @@ pub(crate) const LEASE_BLOCK: u64 = 1 << 20;
 const NO_SPACE_RETRY_FIRST: Duration = Duration::from_millis(10);
 const NO_SPACE_RETRY_MAX: Duration = Duration::from_secs(1);
 
+/// Payloads up to this many bytes travel inside the queue message, so a typical
+/// record costs no allocation between the producer and the writer.
+pub(crate) const INLINE_PAYLOAD_BYTES: usize = 119;
+const _: () = assert!(INLINE_PAYLOAD_BYTES <= u8::MAX as usize);
+
+/// An encoded record on its way to the writer: inline when small, else on the heap.
+#[derive(Debug)]
+pub(crate) enum Payload {
+    /// `bytes[..len]`.
+    Inline {
+        /// Bytes used.
+        len: u8,
+        /// Storage.
+        bytes: [u8; INLINE_PAYLOAD_BYTES],
+    },
+    /// A larger payload.
+    Heap(Vec<u8>),
+}
+
+impl Payload {
+    /// Takes the encoding in `buf`: copied inline if it fits, else moved (leaving `buf`
+    /// empty).
+    pub(crate) fn take(buf: &mut Vec<u8>) -> Self {
+        if buf.len() <= INLINE_PAYLOAD_BYTES {
+            let mut bytes = [0u8; INLINE_PAYLOAD_BYTES];
+            bytes[..buf.len()].copy_from_slice(buf);
+            Self::Inline {
+                len: buf.len() as u8,
+                bytes,
+            }
+        } else {
+            Self::Heap(std::mem::take(buf))
+        }
+    }
+
+    pub(crate) fn as_slice(&self) -> &[u8] {
+        match self {
+            Self::Inline { len, bytes } => bytes.get(..*len as usize).unwrap_or_default(),
+            Self::Heap(v) => v,
+        }
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.as_slice().len()
+    }
+}
+
 /// Result of `push_durable`: the record's seq once it is durable.
 pub(crate) type DurableReply = oneshot::Sender<Result<u64, SinkError>>;
 /// Result of `sync` / `flush`.
@@ -77,7 +124,7 @@ pub(crate) enum WriterMsg {
     /// An encoded record; its frame bytes were reserved from the disk budget.
     Record {
         /// Encoded payload.
-        payload: Vec<u8>,
+        payload: Payload,
         /// Answered once the record is durable, for `push_durable`.
         durable: Option<DurableReply>,
     },
@@ -372,7 +419,7 @@ impl WalWriter {
                 continue;
             }
             let stop = match msg {
-                WriterMsg::Record { payload, durable } => match self.append(&payload) {
+                WriterMsg::Record { payload, durable } => match self.append(payload.as_slice()) {
                     Ok(seq) => {
                         if let Some(tx) = durable {
                             self.waiting_durable.push((seq, tx));
@@ -556,7 +603,7 @@ impl WalWriter {
                     // Taken off the queue now: `pending()` must not count them twice
                     // once a flush in this round is answered.
                     let records = msgs.iter().filter(|m| matches!(m, WriterMsg::Record { .. })).count() as u64;
-                    self.init.shared.queued.fetch_sub(records, std::sync::atomic::Ordering::Relaxed);
+                    self.init.shared.taken.fetch_add(records, std::sync::atomic::Ordering::Relaxed);
                     self.held.extend(msgs.drain(..));
                     if self.process(&flushes) == Progress::Stalled {
                         stalled = Some(NO_SPACE_RETRY_FIRST);
