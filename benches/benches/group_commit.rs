@@ -14,7 +14,13 @@ use support::{Noop, raw_frame, rt};
 use tokio_util::sync::CancellationToken;
 use walsink::{Durability, DurableSink, RawCodec, SinkConfig};
 
-const MEASURE: Duration = Duration::from_secs(4);
+fn measure() -> Duration {
+    if std::env::args().any(|a| a == "--test") {
+        Duration::from_millis(200)
+    } else {
+        Duration::from_secs(4)
+    }
+}
 
 fn pct(v: &mut [Duration], p: f64) -> Duration {
     v.sort();
@@ -45,7 +51,7 @@ fn raw(dir: &std::path::Path, callers: usize, prealloc: bool) -> (f64, Duration,
     let (mut seq, mut offset, mut records) = (1u64, 0u64, 0u64);
     let mut lat = Vec::new();
     let start = Instant::now();
-    while start.elapsed() < MEASURE {
+    while start.elapsed() < measure() {
         let t = Instant::now();
         buf.clear();
         for _ in 0..callers {
@@ -85,7 +91,7 @@ fn walsink(
             let sink = sink.clone();
             tasks.push(tokio::spawn(async move {
                 let mut lat = Vec::new();
-                while start.elapsed() < MEASURE {
+                while start.elapsed() < measure() {
                     let t = Instant::now();
                     sink.push_durable(vec![7u8; 100])
                         .await
@@ -110,13 +116,13 @@ fn walsink(
 }
 
 fn main() {
-    if std::env::args().any(|a| a == "--test") {
-        println!("group_commit: smoke mode, 1 caller each");
-    }
     let smoke = std::env::args().any(|a| a == "--test");
     let rt = rt();
     let tmp = tempfile::tempdir().expect("tempdir");
-    println!("== group commit, Durability::Always, 100 B records, {MEASURE:?} per run");
+    println!(
+        "== group commit, Durability::Always, 100 B records, {:?} per run",
+        measure()
+    );
     let callers_list: &[usize] = if smoke { &[1] } else { &[1, 8, 64] };
     for &callers in callers_list {
         let (rr, rp50, rp99) = raw(tmp.path(), callers, true);
