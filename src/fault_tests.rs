@@ -92,6 +92,12 @@ impl StorageFile for FaultyFile {
     fn len(&self) -> io::Result<u64> {
         self.inner.len()
     }
+    fn allocate(&self, len: u64) -> io::Result<()> {
+        if self.faults.fail_write.load(Ordering::SeqCst) {
+            return Err(io::Error::from(io::ErrorKind::StorageFull));
+        }
+        self.inner.allocate(len)
+    }
 }
 
 struct Collect(Arc<Mutex<Vec<u64>>>);

@@ -48,6 +48,9 @@ impl StorageFile for MemFile {
     fn len(&self) -> io::Result<u64> {
         Ok(self.0.len() as u64)
     }
+    fn allocate(&self, _len: u64) -> io::Result<()> {
+        Err(io::Error::from(io::ErrorKind::PermissionDenied))
+    }
 }
 
 /// Decodes `data` as a segment file: header, then every frame, skipping damage.

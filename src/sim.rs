@@ -471,6 +471,30 @@ impl StorageFile for SimFile {
         s.check(self.epoch)?;
         Ok(s.inodes.get(&self.inode).map_or(0, |n| n.live.len() as u64))
     }
+
+    fn allocate(&self, len: u64) -> io::Result<()> {
+        let mut s = self.disk.lock();
+        s.check(self.epoch)?;
+        let old = s.inodes.get(&self.inode).map_or(0, |n| n.live.len() as u64);
+        if len <= old {
+            return Ok(());
+        }
+        if let Some(space) = s.space_bytes
+            && len - old > space.saturating_sub(s.live_bytes())
+        {
+            // fallocate is all or nothing.
+            return Err(io::Error::from(io::ErrorKind::StorageFull));
+        }
+        let inode = s
+            .inodes
+            .get_mut(&self.inode)
+            .ok_or_else(|| io::Error::other("inode gone"))?;
+        // The size change is metadata: durable only after an fsync, like a write.
+        let w = Write::SetLen(len);
+        apply(&mut inode.live, &w);
+        inode.unsynced.push(w);
+        Ok(())
+    }
 }
 
 #[cfg(test)]

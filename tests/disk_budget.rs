@@ -58,8 +58,13 @@ async fn a_stalled_drain_fills_the_budget_then_pushes_overflow_until_it_resumes(
     assert!(overflowed > 0, "the budget never filled");
     assert_eq!(sink.dropped(), overflowed);
     assert!(segment_bytes_on_disk(tmp.path()) <= limit + segment);
-    // With the queue empty, the budget accounting is exactly the bytes on disk.
-    assert_eq!(sink.stats().wal_bytes, segment_bytes_on_disk(tmp.path()));
+    // With the queue empty, the accounting is the segments' logical bytes; on disk the
+    // active segment may also hold its preallocated, not yet written, tail.
+    let (accounted, on_disk) = (sink.stats().wal_bytes, segment_bytes_on_disk(tmp.path()));
+    assert!(
+        on_disk >= accounted && on_disk <= accounted + segment,
+        "accounted {accounted}, on disk {on_disk}"
+    );
     assert!(
         matches!(sink.try_push(1), Err(SinkError::Overflow)),
         "still full while the drain is stalled"

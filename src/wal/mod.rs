@@ -30,7 +30,9 @@
 //! 1. `try_push` encodes it on the caller, reserves its frame bytes from the budget and
 //!    queues it (bounded `tokio::mpsc`).
 //! 2. The writer thread assigns the next seq, frames it (length, CRC-32, seq, payload),
-//!    and writes the round's frames with one `pwrite`. Then it publishes `written_seq`.
+//!    and writes the round's frames with one `pwrite` into the active segment, which
+//!    was preallocated when it was created. Then it publishes the segment's logical
+//!    length and `written_seq`; readers never look past that length.
 //!    From here on a process crash cannot lose the record (it is in the page cache).
 //! 3. An fdatasync (per [`Durability`](crate::Durability), or requested by `sync` /
 //!    `push_durable`) makes it durable: it now survives power loss.

@@ -121,16 +121,20 @@ impl WalReader {
                 break;
             };
             let first_seq = cur.first_seq;
-            let next = self
-                .segments
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .after(first_seq);
+            let (next, logical_len) = {
+                let set = self.segments.lock().unwrap_or_else(PoisonError::into_inner);
+                (set.after(first_seq), set.get(first_seq).map(|i| i.len))
+            };
             let upper = next.as_ref().map_or(written_seq, |n| n.first_seq - 1);
             let Some(cur) = self.current.as_mut() else {
                 break;
             };
             cur.scanner.set_upper_seq(upper);
+            if let Some(len) = logical_len {
+                // Never read past what the writer has written (the rest of the active
+                // segment is preallocated zeros it will overwrite).
+                cur.scanner.set_valid_len(len);
+            }
             match cur.scanner.next_step()? {
                 ScanStep::Frame { seq, payload } => {
                     if seq < self.position {

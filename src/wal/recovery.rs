@@ -33,7 +33,8 @@ use super::format::{
 };
 use super::register::{Register, RegisterOpen};
 use super::segment::{
-    ScanStep, SegmentInfo, SegmentScanner, SegmentSet, create_segment, read_header, segment_path,
+    ScanStep, SegmentInfo, SegmentScanner, SegmentSet, create_segment, preallocate, read_header,
+    segment_path,
 };
 use super::storage::{LockError, LockGuard, Storage, StorageFile};
 use crate::error::OpenError;
@@ -311,13 +312,21 @@ pub(crate) fn recover(
             let file = s
                 .open(&path, true)
                 .map_err(io_err("open tail segment", &path))?;
+            // Zeros after the last frame are the preallocated tail of a segment that
+            // was active at a crash, not damage; anything else is a torn write.
+            let torn = !all_zero(file.as_ref(), valid_end, valid_end + trailing)
+                .map_err(io_err("read tail segment", &path))?;
             file.set_len(valid_end)
                 .map_err(io_err("truncate torn tail", &path))?;
             // fsync the truncation: a power loss must not bring the torn bytes back
             // behind frames appended after them.
             file.sync().map_err(io_err("sync truncated tail", &path))?;
-            tracing::warn!(path = %path.display(), bytes = trailing, valid_end, "torn tail truncated");
-            report.truncated_bytes = trailing;
+            if torn {
+                tracing::warn!(path = %path.display(), bytes = trailing, valid_end, "torn tail truncated");
+                report.truncated_bytes = trailing;
+            } else {
+                tracing::debug!(path = %path.display(), bytes = trailing, "unused preallocated tail trimmed");
+            }
         }
         set.set_len(info.first_seq, valid_end);
         tail_state = Some((info.first_seq, last_seq, valid_end));
@@ -334,12 +343,11 @@ pub(crate) fn recover(
     let (active, active_first_seq, active_len) = match reuse_tail {
         Some((first_seq, _, valid_end)) => {
             let path = segment_path(dir, first_seq);
-            (
-                s.open(&path, true)
-                    .map_err(io_err("open tail segment", &path))?,
-                first_seq,
-                valid_end,
-            )
+            let file = s
+                .open(&path, true)
+                .map_err(io_err("open tail segment", &path))?;
+            preallocate(file.as_ref(), limits.segment_bytes);
+            (file, first_seq, valid_end)
         }
         None => {
             let prev_last_seq = tail_state.map_or(0, |(_, last, _)| last);
@@ -349,7 +357,8 @@ pub(crate) fn recover(
                 prev_last_seq,
             };
             let path = segment_path(dir, next_seq);
-            let file = create_segment(s, dir, header).map_err(io_err("create segment", &path))?;
+            let file = create_segment(s, dir, header, limits.segment_bytes)
+                .map_err(io_err("create segment", &path))?;
             set.push(SegmentInfo {
                 first_seq: next_seq,
                 prev_last_seq,
@@ -425,6 +434,26 @@ fn open_register(
         }),
         other => Ok(other),
     }
+}
+
+/// Whether bytes `[from, to)` of `file` are all zero (read in bounded chunks).
+fn all_zero(file: &dyn StorageFile, from: u64, to: u64) -> io::Result<bool> {
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut at = from;
+    while at < to {
+        let want = usize::try_from(to - at)
+            .unwrap_or(usize::MAX)
+            .min(buf.len());
+        let n = super::storage::read_full_at(file, buf.get_mut(..want).unwrap_or_default(), at)?;
+        if n == 0 {
+            break;
+        }
+        if buf.get(..n).unwrap_or_default().iter().any(|&b| b != 0) {
+            return Ok(false);
+        }
+        at += n as u64;
+    }
+    Ok(true)
 }
 
 /// Most `.N.quarantined` names tried for one file before giving up.

@@ -8,8 +8,14 @@
 //! - Gaps between segments are legal (after a crash the writer starts above its seq
 //!   lease). Each header records the previous segment's last seq when it was created,
 //!   so a sealed segment that lost frames at its end is still noticed.
-//! - Bytes of a segment below its size are final: the writer only appends, so a reader
-//!   may cache what it read. It never trusts bytes it has not CRC-checked.
+//! - Bytes below a segment's *logical* length are final: the writer only appends, so a
+//!   reader may cache what it read below it. The active segment is preallocated, so
+//!   its file is longer than its logical length and the bytes past it are zeros that
+//!   the writer will overwrite: the reader bounds every read by the logical length the
+//!   writer publishes in the [`SegmentSet`]. Sealed segments are trimmed to their
+//!   last frame. Nothing is trusted before its CRC is checked.
+//! - No frame header is 16 zero bytes (a seq is at least 1), so a run of zeros (a
+//!   preallocated tail after a crash) is skipped in one step, not byte by byte.
 //! - The scanner's buffer holds at most `max(READ_CHUNK_BYTES, largest frame)` bytes:
 //!   memory does not grow with the backlog.
 
@@ -99,6 +105,11 @@ impl SegmentSet {
         out
     }
 
+    /// The segment starting at `first_seq`.
+    pub(crate) fn get(&self, first_seq: u64) -> Option<SegmentInfo> {
+        self.map.get(&first_seq).cloned()
+    }
+
     /// Removes a segment from the set.
     pub(crate) fn remove(&mut self, first_seq: u64) -> Option<SegmentInfo> {
         self.map.remove(&first_seq)
@@ -120,15 +131,17 @@ pub(crate) fn segment_path(dir: &Path, first_seq: u64) -> PathBuf {
     dir.join(segment_file_name(first_seq))
 }
 
-/// Creates a segment file with its header, durable (data and directory entry) before
-/// it returns.
+/// Creates a segment file with its header, preallocated to `preallocate_bytes`, durable
+/// (data, size and directory entry) before it returns.
 pub(crate) fn create_segment(
     storage: &dyn Storage,
     dir: &Path,
     header: SegmentHeader,
+    preallocate_bytes: u64,
 ) -> io::Result<Box<dyn StorageFile>> {
     let file = storage.create_new(&segment_path(dir, header.first_seq))?;
     file.write_all_at(&header.encode(), 0)?;
+    preallocate(file.as_ref(), preallocate_bytes);
     // Sync the file: a power loss must not leave a segment whose header is missing or
     // torn, which the next open would have to quarantine.
     file.sync()?;
@@ -136,6 +149,15 @@ pub(crate) fn create_segment(
     // later reported durable in it would vanish with it.
     storage.sync_dir(dir)?;
     Ok(file)
+}
+
+/// Reserves the segment's space ahead, so that appends need no block allocation and
+/// an fdatasync no size update. Only an optimization: on failure (a full disk, a
+/// filesystem without fallocate) the segment grows as it is written.
+pub(crate) fn preallocate(file: &dyn StorageFile, bytes: u64) {
+    if let Err(e) = file.allocate(bytes) {
+        tracing::debug!(error = %e, bytes, "segment preallocation failed; the segment will grow as written");
+    }
 }
 
 /// Reads and decodes a segment header from an open file.
@@ -190,8 +212,11 @@ pub(crate) struct SegmentScanner {
     garbage_from: Option<u64>,
     /// The segment's first seq.
     first_seq: u64,
-    /// File size as last seen (refreshed when a read wants more).
+    /// Readable length as last seen (refreshed when a read wants more).
     file_len: u64,
+    /// When set, nothing at or past this offset is read (the active segment's logical
+    /// length; the file beyond it is preallocated zeros).
+    valid_len: Option<u64>,
 }
 
 impl SegmentScanner {
@@ -204,6 +229,7 @@ impl SegmentScanner {
         // A failed stat reads as empty; `ensure` looks again before concluding EOF.
         let file_len = file.len().unwrap_or(0);
         Self {
+            valid_len: None,
             first_seq,
             file_len,
             file,
@@ -223,6 +249,19 @@ impl SegmentScanner {
     /// foreign frames.
     pub(crate) fn set_upper_seq(&mut self, upper_seq: u64) {
         self.upper_seq = upper_seq;
+    }
+
+    /// Bounds reads to the first `len` bytes (the active segment's logical length).
+    pub(crate) fn set_valid_len(&mut self, len: u64) {
+        self.valid_len = Some(len);
+        self.file_len = len;
+    }
+
+    fn readable_len(&self) -> io::Result<u64> {
+        match self.valid_len {
+            Some(len) => Ok(len),
+            None => self.file.len(),
+        }
     }
 
     /// File offset just past the last valid frame: where a torn tail is truncated.
@@ -246,7 +285,7 @@ impl SegmentScanner {
         }
         if offset + need as u64 > self.file_len {
             // The active segment grows: look again before concluding EOF.
-            self.file_len = self.file.len()?;
+            self.file_len = self.readable_len()?;
         }
         let in_file = usize::try_from(self.file_len.saturating_sub(offset)).unwrap_or(usize::MAX);
         let need = need.min(in_file);
@@ -344,6 +383,10 @@ impl SegmentScanner {
         let mut at = from;
         let mut first_incomplete = None;
         loop {
+            if let Some(next) = self.skip_zeros(at)? {
+                at = next;
+                continue;
+            }
             match self.frame_at(at)? {
                 None => return Ok(Err(first_incomplete.unwrap_or(at))),
                 Some(FrameStatus::Valid { .. }) => return Ok(Ok(at)),
@@ -404,7 +447,33 @@ impl SegmentScanner {
     }
 
     fn trailing_bytes(&self) -> io::Result<u64> {
-        Ok(self.file.len()?.saturating_sub(self.valid_end))
+        Ok(self.readable_len()?.saturating_sub(self.valid_end))
+    }
+
+    /// If the bytes at `at` start a run of zeros, the first offset where a frame could
+    /// start after it (at most 15 bytes before the next nonzero byte); else `None`.
+    /// Looks only at buffered bytes, refilling once per chunk of zeros crossed.
+    fn skip_zeros(&mut self, at: u64) -> io::Result<Option<u64>> {
+        let mut pos = at;
+        loop {
+            let avail = self.ensure(pos, FRAME_HEADER_BYTES)?;
+            if avail == 0 {
+                return Ok(if pos > at { Some(pos) } else { None });
+            }
+            let start = usize::try_from(pos - self.buf_offset).unwrap_or(usize::MAX);
+            let buffered = self.buf.get(start..).unwrap_or_default();
+            if pos == at && buffered.iter().take(FRAME_HEADER_BYTES).any(|&b| b != 0) {
+                return Ok(None);
+            }
+            match buffered.iter().position(|&b| b != 0) {
+                Some(k) => {
+                    let nonzero = pos + k as u64;
+                    let next = nonzero.saturating_sub(FRAME_HEADER_BYTES as u64 - 1);
+                    return Ok(if next > at { Some(next) } else { None });
+                }
+                None => pos += buffered.len().max(1) as u64,
+            }
+        }
     }
 }
 
@@ -530,6 +599,9 @@ mod tests {
             fn len(&self) -> io::Result<u64> {
                 Ok(self.0.len() as u64)
             }
+            fn allocate(&self, _: u64) -> io::Result<()> {
+                Ok(())
+            }
         }
 
         let mut bytes = SegmentHeader {
@@ -565,6 +637,63 @@ mod tests {
             "{} reads for {len} bytes",
             reads.load(Ordering::Relaxed)
         );
+        Ok(())
+    }
+
+    /// Preallocation invariant: on an active segment whose file is preallocated with
+    /// zeros, a scanner bounded by the logical length never reads (so never caches)
+    /// the zeros the writer overwrites next; frames appended later are read as frames.
+    #[test]
+    fn a_bounded_scanner_never_caches_preallocated_zeros() -> io::Result<()> {
+        let tmp = tempfile::tempdir()?;
+        let dir = tmp.path();
+        let st = RealStorage;
+        let header = SegmentHeader {
+            codec_id: 1,
+            first_seq: 1,
+            prev_last_seq: 0,
+        };
+        let writer = create_segment(&st, dir, header, 1 << 20)?;
+        assert_eq!(writer.len()?, 1 << 20, "preallocated");
+        let mut len = SEGMENT_HEADER_BYTES as u64;
+        let append = |seqs: std::ops::RangeInclusive<u64>, len: &mut u64| -> io::Result<()> {
+            let mut buf = Vec::new();
+            for seq in seqs {
+                encode_frame(&mut buf, seq, &seq.to_le_bytes());
+            }
+            writer.write_all_at(&buf, *len)?;
+            *len += buf.len() as u64;
+            Ok(())
+        };
+        append(1..=3, &mut len)?;
+        let mut sc = SegmentScanner::new(st.open(&segment_path(dir, 1), false)?, 1, 1024);
+        sc.set_valid_len(len);
+        let mut seen = Vec::new();
+        loop {
+            match sc.next_step()? {
+                ScanStep::Frame { seq, .. } => seen.push(seq),
+                ScanStep::End { trailing_bytes } => {
+                    assert_eq!(
+                        trailing_bytes, 0,
+                        "zeros past the logical end are not trailing garbage"
+                    );
+                    break;
+                }
+                ScanStep::Corrupt { offset, kind } => panic!("corrupt at {offset}: {kind}"),
+            }
+        }
+        append(4..=5, &mut len)?;
+        sc.set_valid_len(len);
+        loop {
+            match sc.next_step()? {
+                ScanStep::Frame { seq, .. } => seen.push(seq),
+                ScanStep::End { .. } => break,
+                ScanStep::Corrupt { offset, kind } => {
+                    panic!("appended frames read as corrupt at {offset}: {kind}")
+                }
+            }
+        }
+        assert_eq!(seen, vec![1, 2, 3, 4, 5]);
         Ok(())
     }
 }

@@ -72,6 +72,10 @@ pub(crate) trait StorageFile: Send + Sync + Debug {
     fn sync(&self) -> io::Result<()>;
     /// Truncates or extends the file to `len` bytes.
     fn set_len(&self, len: u64) -> io::Result<()>;
+    /// Reserves blocks for the first `len` bytes (extending the file with zeros), so
+    /// that later writes there need no allocation and an fdatasync no size update.
+    /// A filesystem without support may do nothing.
+    fn allocate(&self, len: u64) -> io::Result<()>;
     /// Current size in bytes.
     fn len(&self) -> io::Result<u64>;
 }
@@ -192,6 +196,14 @@ impl StorageFile for RealFile {
     }
     fn len(&self) -> io::Result<u64> {
         Ok(self.0.metadata()?.len())
+    }
+    fn allocate(&self, len: u64) -> io::Result<()> {
+        match rustix::fs::fallocate(&self.0, rustix::fs::FallocateFlags::empty(), 0, len) {
+            Ok(()) => Ok(()),
+            // Not supported here: preallocation is an optimization, not a requirement.
+            Err(rustix::io::Errno::OPNOTSUPP) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
     }
 }
 

@@ -301,10 +301,20 @@ impl WalWriter {
         Ok(())
     }
 
+    /// Trims the active segment's preallocated tail and fsyncs it: a sealed segment
+    /// ends at its last frame, so readers and recovery never meet the zeros.
+    fn seal_active(&mut self) -> Result<(), Stop> {
+        self.write_out()?;
+        self.init.active.set_len(self.init.active_len)?;
+        self.unsynced = true;
+        // fsync: makes the frames and the trimmed size durable together.
+        self.sync()
+    }
+
     fn roll(&mut self) -> Result<(), Stop> {
-        // Rollover fsync: later syncs cover only the active segment, so what this
-        // segment holds must be durable before the writer moves on.
-        self.sync()?;
+        // Rollover fsync (in seal_active): later syncs cover only the active segment,
+        // so what this segment holds must be durable before the writer moves on.
+        self.seal_active()?;
         crate::crashpoint::hit("writer.roll.before_create");
         let first_seq = self.init.next_seq;
         let header = SegmentHeader {
@@ -312,7 +322,12 @@ impl WalWriter {
             first_seq,
             prev_last_seq: self.last_seq(),
         };
-        let file = match create_segment(self.init.storage.as_ref(), &self.init.dir, header) {
+        let file = match create_segment(
+            self.init.storage.as_ref(),
+            &self.init.dir,
+            header,
+            self.init.segment_bytes,
+        ) {
             Ok(f) => f,
             Err(e) if is_no_space(&e) => {
                 // Remove the half-made file (it is not registered and holds no frame);
@@ -520,7 +535,7 @@ impl WalWriter {
         if let Some(e) = &self.failed {
             return Err(Arc::clone(e));
         }
-        let res = self.sync().and_then(|()| {
+        let res = self.seal_active().and_then(|()| {
             // fsync the lease at its exact value: no seq at or above next_seq was handed out.
             self.init
                 .lease
