@@ -10,9 +10,7 @@ use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 use std::time::{Duration, Instant};
 
-use support::{Noop, raw_frame, rt};
-use tokio_util::sync::CancellationToken;
-use walsink::{Durability, DurableSink, RawCodec, SinkConfig};
+use support::{raw_frame, rt, walsink_durable};
 
 fn measure() -> Duration {
     if std::env::args().any(|a| a == "--test") {
@@ -73,45 +71,8 @@ fn walsink(
     dir: &std::path::Path,
     callers: usize,
 ) -> (f64, Duration, Duration) {
-    let mut cfg = SinkConfig::new(dir.join(format!("wal-{callers}")));
-    cfg.durability = Durability::Always;
-    let shutdown = CancellationToken::new();
-    let (sink, handle) = rt
-        .block_on(DurableSink::<Vec<u8>>::open_with_codec(
-            cfg,
-            RawCodec,
-            Noop,
-            shutdown.clone(),
-        ))
-        .expect("open");
-    let start = Instant::now();
-    let lat = rt.block_on(async {
-        let mut tasks = Vec::new();
-        for _ in 0..callers {
-            let sink = sink.clone();
-            tasks.push(tokio::spawn(async move {
-                let mut lat = Vec::new();
-                while start.elapsed() < measure() {
-                    let t = Instant::now();
-                    sink.push_durable(vec![7u8; 100])
-                        .await
-                        .expect("push_durable");
-                    lat.push(t.elapsed());
-                }
-                lat
-            }));
-        }
-        let mut all = Vec::new();
-        for t in tasks {
-            all.extend(t.await.expect("task"));
-        }
-        all
-    });
-    let elapsed = start.elapsed();
-    let mut lat = lat;
-    let rate = lat.len() as f64 / elapsed.as_secs_f64();
-    shutdown.cancel();
-    rt.block_on(handle.join()).expect("join");
+    let (rate, mut lat) =
+        walsink_durable(rt, &dir.join(format!("wal-{callers}")), callers, measure());
     (rate, pct(&mut lat, 0.5), pct(&mut lat, 0.99))
 }
 

@@ -13,34 +13,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use support::rt;
+use support::{Count, Stuck, rss_mib, rt};
 use tokio_util::sync::CancellationToken;
-use walsink::{Batch, DrainError, Durability, DurableSink, RawCodec, SinkConfig, SinkDrain};
-
-struct Count(Arc<AtomicU64>);
-impl SinkDrain<Vec<u8>> for Count {
-    async fn write_batch(&mut self, b: Batch<Vec<u8>>) -> Result<(), DrainError> {
-        self.0.fetch_add(b.len() as u64, Ordering::Relaxed);
-        Ok(())
-    }
-}
-
-struct Stuck;
-impl SinkDrain<Vec<u8>> for Stuck {
-    async fn write_batch(&mut self, _b: Batch<Vec<u8>>) -> Result<(), DrainError> {
-        std::future::pending().await
-    }
-}
-
-fn rss_mib() -> f64 {
-    let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
-    let pages: f64 = statm
-        .split_whitespace()
-        .nth(1)
-        .and_then(|p| p.parse().ok())
-        .unwrap_or(0.0);
-    pages * 4096.0 / (1 << 20) as f64
-}
+use walsink::{Durability, DurableSink, RawCodec, SinkConfig};
 
 fn config(dir: &std::path::Path) -> SinkConfig {
     let mut c = SinkConfig::new(dir);

@@ -5,7 +5,9 @@
 //!   + `flush` against yaque 0.6 (`send`, then `recv_batch_up_to` + `commit`).
 //! - fsync per commit: 1 and 8 concurrent committers of 100-byte records for 4 s.
 //!   walsink `Durability::Always` + `push_durable` against okaywal 0.3
-//!   (`begin_entry` / `write_chunk` / `commit`, which fsyncs, batching concurrent commits).
+//!   (`begin_entry` / `write_chunk` / `commit`, which fsyncs, batching concurrent commits)
+//!   and raft-engine 0.4 (`LogBatch::put` + `Engine::write(.., sync = true)`, whose
+//!   write groups batch concurrent writers).
 //!
 //! `cargo bench --bench peers` (add `-- --test` for a small smoke run).
 
@@ -15,7 +17,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use support::{Noop, rt};
+use support::{Noop, rt, walsink_durable};
 use tokio_util::sync::CancellationToken;
 use walsink::{Durability, DurableSink, RawCodec, SinkConfig};
 
@@ -69,40 +71,7 @@ fn yaque_no_fsync(rt: &tokio::runtime::Runtime, n: u64) -> f64 {
 
 fn walsink_fsync(rt: &tokio::runtime::Runtime, callers: usize, measure: Duration) -> f64 {
     let tmp = tempfile::tempdir().expect("tempdir");
-    let mut cfg = SinkConfig::new(tmp.path());
-    cfg.durability = Durability::Always;
-    let shutdown = CancellationToken::new();
-    let (sink, handle) = rt
-        .block_on(DurableSink::<Vec<u8>>::open_with_codec(
-            cfg,
-            RawCodec,
-            Noop,
-            shutdown.clone(),
-        ))
-        .expect("open");
-    let count = Arc::new(AtomicU64::new(0));
-    let start = Instant::now();
-    rt.block_on(async {
-        let mut tasks = Vec::new();
-        for _ in 0..callers {
-            let (sink, count) = (sink.clone(), Arc::clone(&count));
-            tasks.push(tokio::spawn(async move {
-                while start.elapsed() < measure {
-                    sink.push_durable(vec![7u8; 100])
-                        .await
-                        .expect("push_durable");
-                    count.fetch_add(1, Ordering::Relaxed);
-                }
-            }));
-        }
-        for t in tasks {
-            t.await.expect("task");
-        }
-    });
-    let rate = count.load(Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64();
-    shutdown.cancel();
-    rt.block_on(handle.join()).expect("join");
-    rate
+    walsink_durable(rt, tmp.path(), callers, measure).0
 }
 
 fn okaywal_fsync(callers: usize, measure: Duration) -> f64 {
@@ -119,6 +88,38 @@ fn okaywal_fsync(callers: usize, measure: Duration) -> f64 {
                     entry.write_chunk(&[7u8; 100]).expect("write");
                     entry.commit().expect("commit");
                     count.fetch_add(1, Ordering::Relaxed);
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().expect("thread");
+    }
+    count.load(Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64()
+}
+
+fn raft_engine_fsync(callers: usize, measure: Duration) -> f64 {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let cfg = raft_engine::Config {
+        dir: tmp.path().to_string_lossy().into_owned(),
+        ..Default::default()
+    };
+    let engine = Arc::new(raft_engine::Engine::open(cfg).expect("raft-engine"));
+    let count = Arc::new(AtomicU64::new(0));
+    let start = Instant::now();
+    let threads: Vec<_> = (0..callers)
+        .map(|t| {
+            let (engine, count) = (Arc::clone(&engine), Arc::clone(&count));
+            std::thread::spawn(move || {
+                let mut i = 0u64;
+                while start.elapsed() < measure {
+                    let mut batch = raft_engine::LogBatch::default();
+                    batch
+                        .put(t as u64 + 1, i.to_le_bytes().to_vec(), vec![7u8; 100])
+                        .expect("put");
+                    engine.write(&mut batch, true).expect("write");
+                    count.fetch_add(1, Ordering::Relaxed);
+                    i += 1;
                 }
             })
         })
@@ -156,11 +157,14 @@ fn main() {
     for callers in [1usize, 8] {
         let w = walsink_fsync(&rt, callers, measure);
         let o = okaywal_fsync(callers, measure);
+        let r = raft_engine_fsync(callers, measure);
         println!(
-            "callers {callers}: walsink Always push_durable {:>8.0} rec/s | okaywal 0.3 commit {:>8.0} rec/s | walsink/okaywal {:.2}",
+            "callers {callers}: walsink Always push_durable {:>8.0} rec/s | okaywal 0.3 commit {:>8.0} rec/s | raft-engine 0.4 write(sync) {:>8.0} rec/s | walsink/okaywal {:.2}, walsink/raft-engine {:.2}",
             w,
             o,
-            w / o
+            r,
+            w / o,
+            w / r
         );
     }
 }

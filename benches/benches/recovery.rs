@@ -17,24 +17,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use support::{Noop, rt};
+use support::{Count, Noop, Stuck, rss_mib, rt};
 use tokio_util::sync::CancellationToken;
 use walsink::{Batch, DrainError, Durability, DurableSink, RawCodec, SinkConfig, SinkDrain};
-
-struct Stuck;
-impl SinkDrain<Vec<u8>> for Stuck {
-    async fn write_batch(&mut self, _b: Batch<Vec<u8>>) -> Result<(), DrainError> {
-        std::future::pending().await
-    }
-}
-
-struct Count(Arc<AtomicU64>);
-impl SinkDrain<Vec<u8>> for Count {
-    async fn write_batch(&mut self, b: Batch<Vec<u8>>) -> Result<(), DrainError> {
-        self.0.fetch_add(b.len() as u64, Ordering::Relaxed);
-        Ok(())
-    }
-}
 
 fn config(dir: &std::path::Path) -> SinkConfig {
     let mut c = SinkConfig::new(dir);
@@ -44,16 +29,6 @@ fn config(dir: &std::path::Path) -> SinkConfig {
     c.max_record_bytes = 4096;
     c.shutdown_timeout = Duration::from_millis(10);
     c
-}
-
-fn rss_mib() -> f64 {
-    let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
-    let pages: f64 = statm
-        .split_whitespace()
-        .nth(1)
-        .and_then(|p| p.parse().ok())
-        .unwrap_or(0.0);
-    pages * 4096.0 / (1 << 20) as f64
 }
 
 /// Writes `n` records of `size` bytes that stay unacknowledged.

@@ -84,3 +84,84 @@ pub fn rt() -> tokio::runtime::Runtime {
         .build()
         .expect("runtime")
 }
+
+/// Never acknowledges (builds an unacknowledged backlog).
+pub struct Stuck;
+
+impl<T: Send + 'static> SinkDrain<T> for Stuck {
+    async fn write_batch(&mut self, _batch: Batch<T>) -> Result<(), DrainError> {
+        std::future::pending().await
+    }
+}
+
+/// Counts acknowledged records.
+pub struct Count(pub std::sync::Arc<std::sync::atomic::AtomicU64>);
+
+impl<T: Send + 'static> SinkDrain<T> for Count {
+    async fn write_batch(&mut self, batch: Batch<T>) -> Result<(), DrainError> {
+        self.0
+            .fetch_add(batch.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        Ok(())
+    }
+}
+
+/// Resident set size of this process, MiB.
+pub fn rss_mib() -> f64 {
+    let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
+    let pages: f64 = statm
+        .split_whitespace()
+        .nth(1)
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(0.0);
+    pages * 4096.0 / (1 << 20) as f64
+}
+
+/// `callers` tasks calling `push_durable` (100 B, `Durability::Always`) for `measure`;
+/// returns records/s and every call's latency.
+pub fn walsink_durable(
+    rt: &tokio::runtime::Runtime,
+    dir: &std::path::Path,
+    callers: usize,
+    measure: std::time::Duration,
+) -> (f64, Vec<std::time::Duration>) {
+    use std::time::Instant;
+    let mut cfg = walsink::SinkConfig::new(dir);
+    cfg.durability = walsink::Durability::Always;
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let (sink, handle) = rt
+        .block_on(walsink::DurableSink::<Vec<u8>>::open_with_codec(
+            cfg,
+            walsink::RawCodec,
+            Noop,
+            shutdown.clone(),
+        ))
+        .expect("open");
+    let start = Instant::now();
+    let lat = rt.block_on(async {
+        let mut tasks = Vec::new();
+        for _ in 0..callers {
+            let sink = sink.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut lat = Vec::new();
+                while start.elapsed() < measure {
+                    let t = Instant::now();
+                    sink.push_durable(vec![7u8; 100])
+                        .await
+                        .expect("push_durable");
+                    lat.push(t.elapsed());
+                }
+                lat
+            }));
+        }
+        let mut all = Vec::new();
+        for t in tasks {
+            all.extend(t.await.expect("task"));
+        }
+        all
+    });
+    let rate = lat.len() as f64 / start.elapsed().as_secs_f64();
+    drop(sink);
+    shutdown.cancel();
+    rt.block_on(handle.join()).expect("join");
+    (rate, lat)
+}
