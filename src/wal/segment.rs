@@ -436,6 +436,16 @@ impl SegmentScanner {
             }
             Some(FrameStatus::Corrupt(kind)) => kind,
         };
+        // Zeros from here to the end are a preallocated tail (of a segment that was
+        // active at a crash), not damage: end quietly. Zeros followed by data are a hole
+        // and reported below.
+        if let Some(next) = self.skip_zeros(at)?
+            && next >= self.readable_len()?
+        {
+            return Ok(ScanStep::End {
+                trailing_bytes: self.trailing_bytes()?,
+            });
+        }
         match self.resync(at + 1)? {
             Ok(next) => self.offset = next,
             Err(retry_from) => self.garbage_from = Some(retry_from),
@@ -694,6 +704,22 @@ mod tests {
             }
         }
         assert_eq!(seen, vec![1, 2, 3, 4, 5]);
+        Ok(())
+    }
+
+    /// A preallocated zero tail after the last frame ends the scan quietly: no
+    /// `Corrupt` step (recovery would log damage on every crash otherwise).
+    #[test]
+    fn a_zero_tail_ends_the_scan_without_a_corruption_report() -> io::Result<()> {
+        let frames: Vec<_> = (1..=3u64).map(|s| (s, vec![1u8; 10])).collect();
+        let (tmp, mut bytes) = segment_with(&frames)?;
+        bytes.resize(bytes.len() + 100_000, 0);
+        let path = tmp.path().join("s");
+        std::fs::write(&path, &bytes)?;
+        let (seqs, corrupt, trailing) = scan_all(&path, 1)?;
+        assert_eq!(seqs, vec![1, 2, 3]);
+        assert_eq!(corrupt, 0, "zeros to the end are not damage");
+        assert_eq!(trailing, 100_000);
         Ok(())
     }
 }
