@@ -302,3 +302,80 @@ fn crc32(data: &[u8]) -> u32 {
     }
     !crc
 }
+
+/// A CRC-valid segment header for `first_seq`, built with the test's own CRC.
+fn forged_segment(first_seq: u64) -> Vec<u8> {
+    let mut b = vec![0x89, b'W', b'S', b'K', b'\r', b'\n', 0x1a, b'\n'];
+    b.extend_from_slice(&1u16.to_le_bytes()); // version
+    b.extend_from_slice(&0u16.to_le_bytes()); // flags
+    b.extend_from_slice(&1u32.to_le_bytes()); // codec: bincode
+    b.extend_from_slice(&first_seq.to_le_bytes());
+    b.extend_from_slice(&0u64.to_le_bytes()); // prev_last_seq
+    b.extend_from_slice(&0u32.to_le_bytes()); // reserved
+    let crc = crc32(&b);
+    b.extend_from_slice(&crc.to_le_bytes());
+    b
+}
+
+/// Seqs at the edges of `u64` (0 is "none"; the top would overflow when incremented)
+/// come only from forged or damaged files: they are quarantined, and the sink keeps
+/// working with its real records and seqs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_segments_at_the_edges_of_the_seq_space_are_quarantined()
+-> Result<(), Box<dyn std::error::Error>> {
+    for forged in [0u64, u64::MAX, u64::MAX - 5, 1 << 63] {
+        let tmp = tempfile::tempdir()?;
+        write_wal(tmp.path(), 20).await?;
+        std::fs::write(
+            tmp.path().join(format!("{forged:020}.seg")),
+            forged_segment(forged),
+        )?;
+        let (got, _, report) = reopen_and_drain(tmp.path())
+            .await
+            .map_err(|e| format!("forged {forged}: {e}"))?;
+        assert_eq!(
+            got.iter().map(|p| p.1).collect::<Vec<_>>(),
+            (0..20).collect::<Vec<_>>(),
+            "forged {forged}"
+        );
+        assert!(
+            got.iter().all(|p| p.0 <= 21),
+            "forged {forged}: seqs {:?}",
+            got.iter().map(|p| p.0).collect::<Vec<_>>()
+        );
+        assert_eq!(
+            report.quarantined.len() + report.stray_files.len(),
+            1,
+            "forged {forged}: {report:?}"
+        );
+    }
+    Ok(())
+}
+
+/// A CRC-valid cursor slot claiming an impossible value is damage: the cursor is
+/// quarantined and delivery restarts at the oldest segment (duplicates, not a skip of
+/// everything).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forged_cursor_beyond_the_seq_space_is_quarantined()
+-> Result<(), Box<dyn std::error::Error>> {
+    let tmp = tempfile::tempdir()?;
+    write_wal(tmp.path(), 20).await?;
+    let mut slot = b"WSRG".to_vec();
+    slot.extend_from_slice(&1u16.to_le_bytes()); // version
+    slot.extend_from_slice(&1u16.to_le_bytes()); // kind: cursor
+    slot.extend_from_slice(&1_000u64.to_le_bytes()); // generation
+    slot.extend_from_slice(&u64::MAX.to_le_bytes()); // acked "everything"
+    slot.extend_from_slice(&0u32.to_le_bytes());
+    let crc = crc32(&slot);
+    slot.extend_from_slice(&crc.to_le_bytes());
+    let mut file = vec![0u8; 4096 + 32];
+    file[..32].copy_from_slice(&slot);
+    std::fs::write(tmp.path().join("CURSOR"), file)?;
+    let (got, _, report) = reopen_and_drain(tmp.path()).await?;
+    assert!(report.cursor_reset, "{report:?}");
+    assert_eq!(
+        got.iter().map(|p| p.1).collect::<Vec<_>>(),
+        (0..20).collect::<Vec<_>>()
+    );
+    Ok(())
+}

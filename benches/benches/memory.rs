@@ -13,19 +13,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use support::{Count, Stuck, rss_mib, rt};
+use support::{Count, backlog, backlog_config as config, rss_mib, rt};
 use tokio_util::sync::CancellationToken;
-use walsink::{Durability, DurableSink, RawCodec, SinkConfig};
-
-fn config(dir: &std::path::Path) -> SinkConfig {
-    let mut c = SinkConfig::new(dir);
-    c.durability = Durability::Never;
-    c.batch_size = 4096;
-    c.max_disk_bytes = 4 << 30;
-    c.max_record_bytes = 4096;
-    c.shutdown_timeout = Duration::from_millis(10);
-    c
-}
+use walsink::{DurableSink, RawCodec};
 
 fn main() {
     let smoke = std::env::args().any(|a| a == "--test");
@@ -58,25 +48,7 @@ fn main() {
 
     // Build the backlog in a separate sink that never acknowledges.
     let dir = tempfile::tempdir().expect("tempdir");
-    {
-        let shutdown = CancellationToken::new();
-        let (sink, handle) = rt
-            .block_on(DurableSink::<Vec<u8>>::open_with_codec(
-                config(dir.path()),
-                RawCodec,
-                Stuck,
-                shutdown.clone(),
-            ))
-            .expect("open");
-        rt.block_on(async {
-            for _ in 0..records {
-                sink.push(vec![7u8; 100]).await.expect("push");
-            }
-            sink.sync().await.expect("sync");
-        });
-        shutdown.cancel();
-        let _ = rt.block_on(handle.join());
-    }
+    backlog(&rt, dir.path(), records, 100);
     let on_disk: u64 = std::fs::read_dir(dir.path())
         .expect("dir")
         .filter_map(|e| e.ok()?.metadata().ok())

@@ -17,40 +17,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use support::{Count, Noop, Stuck, rss_mib, rt};
+use support::{Count, Noop, Stuck, backlog, backlog_config as config, rss_mib, rt};
 use tokio_util::sync::CancellationToken;
-use walsink::{Batch, DrainError, Durability, DurableSink, RawCodec, SinkConfig, SinkDrain};
-
-fn config(dir: &std::path::Path) -> SinkConfig {
-    let mut c = SinkConfig::new(dir);
-    c.durability = Durability::Never;
-    c.batch_size = 4096;
-    c.max_disk_bytes = 4 << 30;
-    c.max_record_bytes = 4096;
-    c.shutdown_timeout = Duration::from_millis(10);
-    c
-}
-
-/// Writes `n` records of `size` bytes that stay unacknowledged.
-fn backlog(rt: &tokio::runtime::Runtime, dir: &std::path::Path, n: u64, size: usize) {
-    let shutdown = CancellationToken::new();
-    let (sink, handle) = rt
-        .block_on(DurableSink::<Vec<u8>>::open_with_codec(
-            config(dir),
-            RawCodec,
-            Stuck,
-            shutdown.clone(),
-        ))
-        .expect("open");
-    rt.block_on(async {
-        for _ in 0..n {
-            sink.push(vec![7u8; size]).await.expect("push");
-        }
-        sink.sync().await.expect("sync");
-    });
-    shutdown.cancel();
-    let _ = rt.block_on(handle.join());
-}
+use walsink::{Batch, DrainError, Durability, DurableSink, RawCodec, SinkDrain};
 
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));

@@ -165,3 +165,35 @@ pub fn walsink_durable(
     rt.block_on(handle.join()).expect("join");
     (rate, lat)
 }
+
+/// Sink settings for building and replaying large backlogs.
+pub fn backlog_config(dir: &std::path::Path) -> walsink::SinkConfig {
+    let mut c = walsink::SinkConfig::new(dir);
+    c.durability = walsink::Durability::Never;
+    c.batch_size = 4096;
+    c.max_disk_bytes = 4 << 30;
+    c.max_record_bytes = 4096;
+    c.shutdown_timeout = std::time::Duration::from_millis(10);
+    c
+}
+
+/// Writes `n` records of `size` bytes that stay unacknowledged.
+pub fn backlog(rt: &tokio::runtime::Runtime, dir: &std::path::Path, n: u64, size: usize) {
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let (sink, handle) = rt
+        .block_on(walsink::DurableSink::<Vec<u8>>::open_with_codec(
+            backlog_config(dir),
+            walsink::RawCodec,
+            Stuck,
+            shutdown.clone(),
+        ))
+        .expect("open");
+    rt.block_on(async {
+        for _ in 0..n {
+            sink.push(vec![7u8; size]).await.expect("push");
+        }
+        sink.sync().await.expect("sync");
+    });
+    shutdown.cancel();
+    let _ = rt.block_on(handle.join());
+}

@@ -28,6 +28,13 @@ pub(crate) const FRAME_HEADER_BYTES: usize = 16;
 /// 1 GiB keeps a frame far below `u32::MAX` and below any sane single allocation.
 pub(crate) const FRAME_PAYLOAD_LIMIT_BYTES: usize = 1 << 30;
 
+/// Highest seq a record may have. 2^62 records is beyond any real history, so a name,
+/// header, frame or register value above it is damage (or forgery), refused where it is
+/// decoded; with it, no seq arithmetic anywhere can overflow.
+pub(crate) const MAX_SEQ: u64 = 1 << 62;
+/// Highest value a register slot may hold: a seq plus the lease's headroom.
+pub(crate) const REGISTER_VALUE_MAX: u64 = MAX_SEQ + (1 << 32);
+
 /// Magic bytes opening each register slot (cursor and sequence lease files).
 pub(crate) const REGISTER_MAGIC: [u8; 4] = *b"WSRG";
 /// The only register slot version this build reads and writes.
@@ -103,6 +110,11 @@ pub(crate) enum CorruptionKind {
     },
     /// A register slot belongs to another kind of register.
     WrongRegister,
+    /// A seq or register value outside `1..=MAX_SEQ` (or above `REGISTER_VALUE_MAX`).
+    OutOfRange {
+        /// The value found.
+        value: u64,
+    },
 }
 
 impl fmt::Display for CorruptionKind {
@@ -134,6 +146,7 @@ impl fmt::Display for CorruptionKind {
                 write!(f, "file name says first seq {named}, header says {header}")
             }
             Self::WrongRegister => write!(f, "slot belongs to another register"),
+            Self::OutOfRange { value } => write!(f, "value {value} outside the seq space"),
         }
     }
 }
@@ -213,6 +226,14 @@ impl SegmentHeader {
             return HeaderStatus::Corrupt(CorruptionKind::HeaderCrc { stored, computed });
         }
         match (u16_at(b, 8), u32_at(b, 12), u64_at(b, 16), u64_at(b, 24)) {
+            (Some(SEGMENT_VERSION), _, Some(first_seq), _)
+                if first_seq == 0 || first_seq > MAX_SEQ =>
+            {
+                HeaderStatus::Corrupt(CorruptionKind::OutOfRange { value: first_seq })
+            }
+            (Some(SEGMENT_VERSION), _, _, Some(prev)) if prev > MAX_SEQ => {
+                HeaderStatus::Corrupt(CorruptionKind::OutOfRange { value: prev })
+            }
             (Some(SEGMENT_VERSION), Some(codec_id), Some(first_seq), Some(prev_last_seq)) => {
                 HeaderStatus::Valid(SegmentHeader {
                     codec_id,
@@ -344,11 +365,8 @@ pub(crate) fn decode_frame(b: &[u8], max_payload_bytes: usize) -> FrameStatus {
     if let Err(kind) = h.verify(payload) {
         return FrameStatus::Corrupt(kind);
     }
-    if h.seq == 0 {
-        return FrameStatus::Corrupt(CorruptionKind::SeqNotIncreasing {
-            expected: 1,
-            found: 0,
-        });
+    if h.seq == 0 || h.seq > MAX_SEQ {
+        return FrameStatus::Corrupt(CorruptionKind::OutOfRange { value: h.seq });
     }
     FrameStatus::Valid {
         seq: h.seq,
@@ -418,10 +436,14 @@ impl RegisterSlot {
         if u16_at(b, 6) != Some(kind as u16) {
             return Err(SlotError::Corrupt(CorruptionKind::WrongRegister));
         }
+        let value = u64_at(b, 16).ok_or(truncated)?;
+        if value > REGISTER_VALUE_MAX {
+            return Err(SlotError::Corrupt(CorruptionKind::OutOfRange { value }));
+        }
         Ok(Self {
             kind,
             generation: u64_at(b, 8).ok_or(truncated)?,
-            value: u64_at(b, 16).ok_or(truncated)?,
+            value,
         })
     }
 }
@@ -460,13 +482,17 @@ pub(crate) fn segment_file_name(first_seq: u64) -> String {
     )
 }
 
-/// Parses a segment file name back into its first seq. Anything else is `None`.
+/// Parses a segment file name back into its first seq (in `1..=MAX_SEQ`). Anything
+/// else is `None`: not one of ours.
 pub(crate) fn parse_segment_file_name(name: &str) -> Option<u64> {
     let digits = name.strip_suffix(SEGMENT_SUFFIX)?;
     if digits.len() != SEGMENT_NAME_DIGITS || !digits.bytes().all(|c| c.is_ascii_digit()) {
         return None;
     }
-    digits.parse().ok()
+    digits
+        .parse()
+        .ok()
+        .filter(|&seq| seq != 0 && seq <= MAX_SEQ)
 }
 
 #[cfg(test)]
@@ -605,7 +631,7 @@ mod tests {
 
     #[test]
     fn segment_names_round_trip_and_reject_strays() {
-        for seq in [1u64, 42, u64::MAX] {
+        for seq in [1u64, 42, MAX_SEQ] {
             let n = segment_file_name(seq);
             assert_eq!(n.len(), SEGMENT_NAME_DIGITS + SEGMENT_SUFFIX.len());
             assert_eq!(parse_segment_file_name(&n), Some(seq));
@@ -620,5 +646,14 @@ mod tests {
             assert_eq!(parse_segment_file_name(stray), None, "{stray}");
         }
         assert_eq!(parse_segment_file_name("99999999999999999999.seg"), None);
+        assert_eq!(
+            parse_segment_file_name(&segment_file_name(0)),
+            None,
+            "seq 0 names nothing"
+        );
+        assert_eq!(
+            parse_segment_file_name(&segment_file_name(MAX_SEQ + 1)),
+            None
+        );
     }
 }

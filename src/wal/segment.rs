@@ -24,7 +24,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 use super::format::{
-    CorruptionKind, FRAME_HEADER_BYTES, FrameHeader, FrameStatus, HeaderStatus,
+    CorruptionKind, FRAME_HEADER_BYTES, FrameHeader, FrameStatus, HeaderStatus, MAX_SEQ,
     SEGMENT_HEADER_BYTES, SegmentHeader, segment_file_name,
 };
 use super::storage::{Storage, StorageFile, read_full_at};
@@ -373,7 +373,10 @@ impl SegmentScanner {
         let physical = self
             .first_seq
             .saturating_add(self.file_len / FRAME_HEADER_BYTES as u64);
-        seq >= self.expected_seq && seq <= self.upper_seq && seq <= physical
+        seq >= self.expected_seq.max(1)
+            && seq <= self.upper_seq
+            && seq <= physical
+            && seq <= MAX_SEQ
     }
 
     /// Searches forward from `from` for the next valid frame with an acceptable seq.

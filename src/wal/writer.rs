@@ -261,7 +261,8 @@ impl WalWriter {
             }
             // Cut off whatever part of the buffer did land, so the segment ends at its
             // last complete frame and the retry writes at the same offset. If even that
-            // fails, the file's end is unknown: fatal.
+            // fails, the file's end is unknown: fatal. No fsync: the partial bytes were
+            // never synced either, and recovery trims a torn tail after any crash.
             self.init.active.set_len(self.init.active_len)?;
             return Err(Stop::NoSpace(e));
         }
@@ -332,6 +333,9 @@ impl WalWriter {
             Err(e) if is_no_space(&e) => {
                 // Remove the half-made file (it is not registered and holds no frame);
                 // the writer stays on the current segment and retries the roll later.
+                // No directory fsync: if a crash undoes the delete, recovery finds an
+                // empty segment, which it keeps like any other and deletes once the
+                // cursor passes it.
                 let path = segment_path(&self.init.dir, first_seq);
                 match self.init.storage.remove_file(&path) {
                     Ok(()) => {}
