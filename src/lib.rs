@@ -66,6 +66,7 @@ mod fault_tests;
 #[doc(hidden)]
 pub mod fuzzing;
 mod handle;
+mod inbox;
 mod metrics;
 #[cfg(test)]
 mod model_tests;

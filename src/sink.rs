@@ -9,6 +9,8 @@ use std::sync::{Arc, Mutex};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::sync::{mpsc, oneshot};
+
+use crate::inbox::{self, TrySendError};
 use tokio_util::sync::CancellationToken;
 
 use crate::actor::{Actor, ActorInit};
@@ -98,7 +100,7 @@ pub struct DurableSink<T> {
 }
 
 struct Inner<T> {
-    tx: mpsc::Sender<WriterMsg>,
+    tx: inbox::Sender<WriterMsg>,
     shared: Arc<Shared>,
     codec: Arc<dyn Codec<T>>,
     overflow: Overflow,
@@ -308,7 +310,7 @@ impl<T: Send + 'static> DurableSink<T> {
         // The writer stops on the user's token, or when the delivery task ends for any
         // reason (including a panic): producers then see `Closed`, never a hang.
         let stop_writer = shutdown.child_token();
-        let (tx, rx) = mpsc::channel(config.queue_capacity);
+        let (tx, rx) = inbox::channel(config.queue_capacity);
         let (flush_tx, flush_rx) = mpsc::unbounded_channel();
         let (exit_tx, exit_rx) = oneshot::channel();
         let thread =
@@ -416,21 +418,21 @@ impl<T: Send + 'static> DurableSink<T> {
         if !inner.shared.try_reserve(bytes) {
             return Err(self.count_drop());
         }
-        let permit = match inner.tx.try_reserve() {
-            Ok(p) => p,
-            Err(mpsc::error::TrySendError::Full(())) => {
+        let msg = WriterMsg::Record {
+            payload,
+            durable: None,
+        };
+        match inner.tx.try_send(msg) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) => {
                 inner.shared.release(bytes);
                 return Err(self.count_drop());
             }
-            Err(mpsc::error::TrySendError::Closed(())) => {
+            Err(TrySendError::Closed(_)) => {
                 inner.shared.release(bytes);
                 return Err(inner.shared.failure().unwrap_or(SinkError::Closed));
             }
-        };
-        permit.send(WriterMsg::Record {
-            payload,
-            durable: None,
-        });
+        }
         inner.shared.pushed.add(1, &inner.shared.metrics.pushed);
         Ok(())
     }
@@ -477,10 +479,29 @@ impl<T: Send + 'static> DurableSink<T> {
         let inner = &*self.inner;
         let payload = self.encode(&record)?;
         let bytes = frame_bytes(payload.len());
+        let mut msg = WriterMsg::Record { payload, durable };
+        // Fast path, as `try_push`: room in the budget and in the queue right now. A
+        // caller here may overtake one that waits below; each keeps its own order.
+        if inner.shared.try_reserve(bytes) {
+            match inner.tx.try_send(msg) {
+                Ok(()) => {
+                    inner.shared.pushed.add(1, &inner.shared.metrics.pushed);
+                    return Ok(());
+                }
+                Err(TrySendError::Full(m)) => {
+                    inner.shared.release(bytes);
+                    msg = m;
+                }
+                Err(TrySendError::Closed(_)) => {
+                    inner.shared.release(bytes);
+                    return Err(self.closed_error());
+                }
+            }
+        }
         let reservation = self.reserve_waiting(bytes).await?;
         let permit = inner.tx.reserve().await.map_err(|_| self.closed_error())?;
         reservation.commit();
-        permit.send(WriterMsg::Record { payload, durable });
+        permit.send(msg);
         inner.shared.pushed.add(1, &inner.shared.metrics.pushed);
         Ok(())
     }

@@ -21,6 +21,26 @@ fn thread_cpu_ns() -> u64 {
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
+/// Runs `work` (the timed loop over pre-built messages) on a thread named `name`, so
+/// `perf report --comm pusher` shows the push path alone, and prints its cost.
+fn timed(name: &str, n: usize, verb: &str, what: &str, work: impl FnOnce() + Send + 'static) {
+    let (wall, cpu) = std::thread::Builder::new()
+        .name(name.into())
+        .spawn(move || {
+            let (start, cpu) = (Instant::now(), thread_cpu_ns());
+            work();
+            (start.elapsed().as_nanos() as f64, (thread_cpu_ns() - cpu) as f64)
+        })
+        .expect("spawn")
+        .join()
+        .expect("join");
+    println!(
+        "{:.1} ns/{verb} wall, {:.1} ns/{verb} producer CPU ({what})",
+        wall / n as f64,
+        cpu / n as f64
+    );
+}
+
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let n: usize = std::env::args()
         .nth(1)
@@ -43,15 +63,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let (sink, handle) =
             rt.block_on(DurableSink::<Vec<u8>>::open(cfg, Noop, shutdown.clone()))?;
         let msgs: Vec<Vec<u8>> = (0..n).map(|_| vec![7u8; 100]).collect();
-        let (start, cpu) = (Instant::now(), thread_cpu_ns());
-        for m in msgs {
-            sink.try_push(m)?;
-        }
-        println!(
-            "{:.1} ns/push wall, {:.1} ns/push producer CPU (Vec<u8>)",
-            start.elapsed().as_nanos() as f64 / n as f64,
-            (thread_cpu_ns() - cpu) as f64 / n as f64
-        );
+        let s = sink.clone();
+        timed("pusher", n, "push", "Vec<u8>", move || {
+            for m in msgs {
+                s.try_push(m).expect("room");
+            }
+        });
         rt.block_on(sink.sync())?;
         shutdown.cancel();
         rt.block_on(handle.join())?;
@@ -62,15 +79,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             shutdown.clone(),
         ))?;
         let msgs: Vec<_> = (0..n as u64).map(event).collect();
-        let (start, cpu) = (Instant::now(), thread_cpu_ns());
-        for m in msgs {
-            sink.try_push(m)?;
-        }
-        println!(
-            "{:.1} ns/push wall, {:.1} ns/push producer CPU (event)",
-            start.elapsed().as_nanos() as f64 / n as f64,
-            (thread_cpu_ns() - cpu) as f64 / n as f64
-        );
+        let s = sink.clone();
+        timed("pusher", n, "push", "event", move || {
+            for m in msgs {
+                s.try_push(m).expect("room");
+            }
+        });
         // Baseline: the same messages through a bounded mpsc with a draining task.
         let (tx, mut rx) = tokio::sync::mpsc::channel::<support::Event>(1 << 22);
         rt.spawn(async move {
@@ -80,15 +94,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             }
         });
         let msgs: Vec<_> = (0..n as u64).map(event).collect();
-        let (start, cpu) = (Instant::now(), thread_cpu_ns());
-        for m in msgs {
-            tx.try_send(m)?;
-        }
-        println!(
-            "{:.1} ns/send wall, {:.1} ns/send producer CPU (mpsc baseline, event)",
-            start.elapsed().as_nanos() as f64 / n as f64,
-            (thread_cpu_ns() - cpu) as f64 / n as f64
-        );
+        timed("baseline", n, "send", "mpsc baseline, event", move || {
+            for m in msgs {
+                tx.try_send(m).expect("room");
+            }
+        });
         rt.block_on(sink.sync())?;
         shutdown.cancel();
         rt.block_on(handle.join())?;

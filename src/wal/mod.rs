@@ -21,7 +21,8 @@
 //!   length read from disk is corruption, never an allocation;
 //! - a segment: `segment_bytes`, except a segment holding a single larger record;
 //! - disk: `max_disk_bytes` counts segment bytes plus frames reserved by queued records;
-//! - memory: the queue (`queue_capacity` records), the writer buffer (1 MiB plus one
+//! - memory: the queue (`queue_capacity` records, and as many again in the writer's
+//!   hands while it works through one take), the writer buffer (1 MiB plus one
 //!   frame), the reader buffer (256 KiB or one frame), one batch (`batch_size` records,
 //!   cut at 8 MiB plus one record). None of them grows with the backlog on disk.
 //!

@@ -1,7 +1,7 @@
 //! The WAL writer: assigns seqs, appends frames, rolls segments, group-commits fsyncs.
 //!
 //! It runs on its own OS thread (`walsink-writer`) with a current-thread tokio runtime
-//! used only for waiting (channel receive, the sync timer, cancellation). Its file I/O
+//! used only for waiting (the queue, the sync timer, cancellation). Its file I/O
 //! and fsyncs are plain blocking calls on that thread, so they never stall a worker of
 //! the application's runtime, and a slow fsync delays only this sink's writes. A
 //! dedicated thread (rather than `spawn_blocking` per batch) keeps one thread hot,
@@ -9,7 +9,8 @@
 //!
 //! # One round
 //!
-//! 1. Take every queued message at once (up to [`MSGS_PER_ROUND`]).
+//! 1. Take every queued message at once (one swap under the queue's lock; see
+//!    [`crate::inbox`]), so a round holds at most `queue_capacity` messages.
 //! 2. Frame each record into the write buffer under the next seq; roll first if the
 //!    frame would push the segment past `segment_bytes` (and the segment holds a frame).
 //! 3. Write the buffer with one `pwrite`, publish `written_seq`, wake the delivery task.
@@ -52,11 +53,9 @@ use super::segment::{SegmentInfo, SegmentSet, create_segment, segment_path};
 use super::storage::{Storage, StorageFile};
 use crate::config::Durability;
 use crate::error::SinkError;
+use crate::inbox;
 use crate::shared::Shared;
 
-/// Most messages taken from the queue per round: bounds the latency of a round and
-/// the waiters answered at once.
-pub(crate) const MSGS_PER_ROUND: usize = 4096;
 /// The write buffer is written out when it reaches this size, so one round never
 /// holds more than about this much plus one frame.
 pub(crate) const WRITE_BUF_BYTES: usize = 1 << 20;
@@ -428,36 +427,43 @@ impl WalWriter {
         }
     }
 
-    /// Processes the held messages, then ends the round with a write (and a sync when
-    /// someone waits for one or the mode asks). `Stalled` if the disk is full: what is
-    /// left stays held for the next attempt.
-    fn process(&mut self, flushes: &mpsc::UnboundedSender<FlushRequest>) -> Progress {
-        while let Some(msg) = self.held.pop_front() {
+    /// Processes the held messages, then `incoming` (draining its chunks), then ends
+    /// the round with a write (and a sync when someone waits for one or the mode asks).
+    /// `Stalled` if the disk is full: what is left stays held for the next attempt.
+    fn process(
+        &mut self,
+        incoming: &mut [Vec<WriterMsg>],
+        flushes: &mpsc::UnboundedSender<FlushRequest>,
+    ) -> Progress {
+        // Messages are moved once, straight from the queue's chunks; only a stall
+        // parks the rest in `held`.
+        let held = std::mem::take(&mut self.held);
+        let mut msgs = held
+            .into_iter()
+            .chain(incoming.iter_mut().flat_map(|c| c.drain(..)));
+        while let Some(msg) = msgs.next() {
             if self.failed.is_some() {
                 self.refuse(msg);
                 continue;
             }
-            let stop = match msg {
+            // On a stop, the message that was not processed comes back with it.
+            let (stop, unprocessed) = match msg {
                 WriterMsg::Record { payload, durable } => match self.append(payload.as_slice()) {
                     Ok(seq) => {
                         if let Some(tx) = durable {
                             self.waiting_durable.push((seq, tx));
                         }
                         if self.buf.len() >= WRITE_BUF_BYTES {
-                            self.write_out().err()
+                            (self.write_out().err(), None)
                         } else {
-                            None
+                            (None, None)
                         }
                     }
-                    Err(stop) => {
-                        // Not appended: keep it for the retry (or refuse it if fatal).
-                        self.held.push_front(WriterMsg::Record { payload, durable });
-                        Some(stop)
-                    }
+                    Err(stop) => (Some(stop), Some(WriterMsg::Record { payload, durable })),
                 },
                 WriterMsg::Sync(tx) => {
                     self.waiting_sync.push(tx);
-                    None
+                    (None, None)
                 }
                 WriterMsg::Flush(tx) => match self.write_out() {
                     Ok(()) => {
@@ -468,19 +474,24 @@ impl WalWriter {
                         if let Err(mpsc::error::SendError(req)) = flushes.send(req) {
                             let _ = req.done.send(Err(SinkError::Closed));
                         }
-                        None
+                        (None, None)
                     }
-                    Err(stop) => {
-                        self.held.push_front(WriterMsg::Flush(tx));
-                        Some(stop)
-                    }
+                    Err(stop) => (Some(stop), Some(WriterMsg::Flush(tx))),
                 },
             };
             match stop {
                 None => {}
-                Some(Stop::NoSpace(e)) => return self.stall(e),
+                Some(Stop::NoSpace(e)) => {
+                    // Keep the order: the unprocessed message first, then the rest.
+                    self.held.extend(unprocessed);
+                    self.held.extend(msgs);
+                    return self.stall(e);
+                }
                 Some(Stop::Fatal(e)) => {
                     self.fail(e);
+                    if let Some(msg) = unprocessed {
+                        self.refuse(msg);
+                    }
                 }
             }
         }
@@ -556,11 +567,11 @@ impl WalWriter {
     /// every sink handle dropped). The one loop of the writer that ends only then.
     pub(crate) async fn run(
         mut self,
-        mut rx: mpsc::Receiver<WriterMsg>,
+        mut rx: inbox::Receiver<WriterMsg>,
         flushes: mpsc::UnboundedSender<FlushRequest>,
         shutdown: CancellationToken,
     ) -> Result<(), Arc<io::Error>> {
-        let mut msgs = Vec::with_capacity(MSGS_PER_ROUND);
+        let mut chunks: Vec<Vec<WriterMsg>> = Vec::new();
         let mut closing = false;
         let mut stalled: Option<Duration> = None;
         loop {
@@ -574,7 +585,7 @@ impl WalWriter {
                     }
                     () = tokio::time::sleep(pause) => {}
                 }
-                match self.process(&flushes) {
+                match self.process(&mut [], &flushes) {
                     Progress::Done => {
                         self.init
                             .shared
@@ -615,16 +626,15 @@ impl WalWriter {
                         }
                     }
                 }
-                n = rx.recv_many(&mut msgs, MSGS_PER_ROUND) => {
+                n = rx.recv(&mut chunks) => {
                     if n == 0 {
                         break;
                     }
                     // Taken off the queue now: `pending()` must not count them twice
                     // once a flush in this round is answered.
-                    let records = msgs.iter().filter(|m| matches!(m, WriterMsg::Record { .. })).count() as u64;
+                    let records = chunks.iter().flatten().filter(|m| matches!(m, WriterMsg::Record { .. })).count() as u64;
                     self.init.shared.taken.fetch_add(records, std::sync::atomic::Ordering::Relaxed);
-                    self.held.extend(msgs.drain(..));
-                    if self.process(&flushes) == Progress::Stalled {
+                    if self.process(&mut chunks, &flushes) == Progress::Stalled {
                         stalled = Some(NO_SPACE_RETRY_FIRST);
                     }
                 }
@@ -644,7 +654,7 @@ async fn sleep_until_opt(deadline: Option<Instant>) {
 /// Starts the writer thread. `on_exit` is answered with the writer's final result.
 pub(crate) fn spawn_writer(
     writer: WalWriter,
-    rx: mpsc::Receiver<WriterMsg>,
+    rx: inbox::Receiver<WriterMsg>,
     flushes: mpsc::UnboundedSender<FlushRequest>,
     shutdown: CancellationToken,
     on_exit: oneshot::Sender<Result<(), Arc<io::Error>>>,
