@@ -198,6 +198,20 @@ impl<T: Send + 'static, D: SinkDrain<T>> Actor<T, D> {
                     continue;
                 }
             }
+            // Ask the writer to wake this task only when it would act: at the first
+            // new record when idle (to start the batch deadline), else when the
+            // backlog reaches `batch_size`. Store, then re-check (both SeqCst, paired
+            // with the writer's publish-then-check): a record written in between is
+            // seen here, or the writer sees the new `wake_at` and notifies.
+            let wake_at = if backlog == 0 {
+                self.acked_through.saturating_add(1)
+            } else {
+                self.acked_through.saturating_add(self.batch_size as u64)
+            };
+            self.shared.wake_at.store(wake_at, Ordering::SeqCst);
+            if self.shared.written_seq.load(Ordering::SeqCst) >= wake_at {
+                continue;
+            }
             let sleep_until = [batch_deadline, self.stop_at].into_iter().flatten().min();
             tokio::select! {
                 biased;

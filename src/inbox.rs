@@ -92,6 +92,19 @@ impl<M> Chan<M> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// Moves the emptied chunks of `out` back to the spares (freeing those beyond the
+    /// limit); chunks still holding messages stay in `out`, in order.
+    fn recycle(&self, st: &mut State<M>, out: &mut Vec<Vec<M>>) {
+        let limit = self.capacity.div_ceil(CHUNK).min(SPARE_CHUNKS);
+        for chunk in std::mem::take(out) {
+            if !chunk.is_empty() {
+                out.push(chunk);
+            } else if st.spare.len() < limit {
+                st.spare.push(chunk);
+            }
+        }
+    }
+
     fn wake_receiver(&self) {
         // See "No lost wake-up" in the module doc. The first load keeps the common
         // case (writer busy) to a read of a line that rarely changes.
@@ -265,11 +278,11 @@ pub(crate) struct Receiver<M> {
 }
 
 impl<M> Receiver<M> {
-    /// Waits for messages and moves every queued one into `out` (as chunks, oldest
+    /// Waits for messages and appends every queued one to `out` (as chunks, oldest
     /// first); returns how many. Returns 0 once the queue is closed (or the sender is
     /// gone), empty and without outstanding permits.
     ///
-    /// `out`'s chunks must have been emptied by the caller: they are recycled here.
+    /// Chunks of `out` the caller has emptied are recycled here.
     /// Cancel safe: messages are only taken in the poll that returns them.
     pub(crate) async fn recv(&mut self, out: &mut Vec<Vec<M>>) -> usize {
         let chan = &*self.chan;
@@ -281,14 +294,9 @@ impl<M> Receiver<M> {
             chan.idle.store(true, Ordering::SeqCst);
             let taken = {
                 let mut st = chan.lock();
-                for mut chunk in out.drain(..) {
-                    if st.spare.len() < chan.capacity.div_ceil(CHUNK).min(SPARE_CHUNKS) {
-                        chunk.clear();
-                        st.spare.push(chunk);
-                    }
-                }
+                chan.recycle(&mut st, out);
                 if st.queued > 0 {
-                    std::mem::swap(out, &mut st.chunks);
+                    out.append(&mut st.chunks);
                     Some(std::mem::take(&mut st.queued))
                 } else if (st.closed || st.sender_gone) && st.reserved == 0 {
                     Some(0)
@@ -305,6 +313,22 @@ impl<M> Receiver<M> {
             }
             data.await;
         }
+    }
+
+    /// Appends every queued message to `out` (as chunks) without waiting; returns how
+    /// many. Recycles `out`'s emptied chunks as [`recv`](Self::recv) does.
+    pub(crate) fn try_take(&mut self, out: &mut Vec<Vec<M>>) -> usize {
+        let chan = &*self.chan;
+        let n = {
+            let mut st = chan.lock();
+            chan.recycle(&mut st, out);
+            out.append(&mut st.chunks);
+            std::mem::take(&mut st.queued)
+        };
+        if n > 0 {
+            chan.room.notify_waiters();
+        }
+        n
     }
 
     /// Stops accepting messages; what is queued or reserved is still received.
@@ -365,6 +389,18 @@ mod tests {
             2,
             "and the next message reused one"
         );
+    }
+
+    #[tokio::test]
+    async fn try_take_appends_what_arrived_since() {
+        let (tx, mut rx) = channel::<u32>(8);
+        let mut out = Vec::new();
+        assert_eq!(rx.try_take(&mut out), 0);
+        tx.try_send(1).expect("room");
+        assert_eq!(rx.recv(&mut out).await, 1);
+        tx.try_send(2).expect("room");
+        assert_eq!(rx.try_take(&mut out), 1);
+        assert_eq!(drain(&mut out), vec![1, 2]);
     }
 
     #[tokio::test]

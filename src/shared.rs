@@ -92,7 +92,11 @@ pub(crate) struct Shared {
     /// The writer is holding writes because the disk is full (ENOSPC).
     pub(crate) disk_full: AtomicBool,
 
-    /// Writer → delivery task: `written_seq` moved (or the writer stopped).
+    /// Delivery task → writer: the lowest `written_seq` at which the task wants waking
+    /// (it raises it to `acked + batch_size` while a batch waits for its deadline, so
+    /// the writer does not wake it once per round). See `Actor::run`.
+    pub(crate) wake_at: CachePadded<AtomicU64>,
+    /// Writer → delivery task: `written_seq` reached `wake_at` (or the writer stopped).
     pub(crate) data_ready: CachePadded<Notify>,
     /// Delivery task → blocked `push` callers: segments were deleted.
     pub(crate) room: CachePadded<Notify>,
@@ -121,6 +125,7 @@ impl Shared {
             failed: AtomicBool::new(false),
             failure: OnceLock::new(),
             disk_full: AtomicBool::new(false),
+            wake_at: CachePadded(AtomicU64::new(0)),
             data_ready: CachePadded(Notify::new()),
             room: CachePadded(Notify::new()),
         }
@@ -158,14 +163,22 @@ impl Shared {
         self.failure.get().map(|e| SinkError::Io(Arc::clone(e)))
     }
 
-    /// Publishes a new `written_seq` (monotonic) and wakes the delivery task.
+    /// Publishes a new `written_seq` (monotonic). The caller wakes the delivery task
+    /// (`data_ready`) before it next waits: the writer defers that wake-up past the
+    /// round's fsync, off the path of the callers waiting for it.
     pub(crate) fn publish_written(&self, seq: u64) {
-        let before = self.written_seq.swap(seq, Ordering::AcqRel);
+        // SeqCst: pairs with the delivery task's store of `wake_at` then load of
+        // `written_seq` (each side sees the other's store, so no wake-up is lost).
+        let before = self.written_seq.swap(seq, Ordering::SeqCst);
         assert!(
             seq >= before,
             "invariant violation: written_seq moved back from {before} to {seq}"
         );
-        self.data_ready.notify_one();
+    }
+
+    /// Whether the delivery task wants waking for `written_seq` as it is now.
+    pub(crate) fn delivery_wants_wake(&self) -> bool {
+        self.written_seq.load(Ordering::SeqCst) >= self.wake_at.load(Ordering::SeqCst)
     }
 
     /// Publishes a new `synced_seq` (monotonic, never above `written_seq`).

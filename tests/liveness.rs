@@ -75,3 +75,43 @@ async fn records_pushed_together_are_batched() -> Result<(), Box<dyn std::error:
     handle.join().await?;
     Ok(())
 }
+
+/// The delivery task asks the writer to wake it only when the backlog reaches
+/// `batch_size` (it sleeps on an hour-long deadline otherwise). Batch after batch, with
+/// the records of each written in separate rounds, each full batch must still be
+/// delivered: a missed threshold would hang here until the timeout names it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_full_batch_wakes_delivery_without_the_deadline()
+-> Result<(), Box<dyn std::error::Error>> {
+    let tmp = tempfile::tempdir()?;
+    let mut cfg = small_config(tmp.path());
+    cfg.flush_interval = Duration::from_secs(3600);
+    cfg.batch_size = 10;
+    let log = new_log();
+    let (tx, mut batches) = mpsc::unbounded_channel();
+    let drain = Collect {
+        log: log.clone(),
+        batches: Some(tx),
+    };
+    let shutdown = CancellationToken::new();
+    let (sink, handle) = DurableSink::<u64>::open(cfg, drain, shutdown.clone()).await?;
+    for batch in 0..20u64 {
+        for i in 0..10u64 {
+            sink.try_push(batch * 10 + i)?;
+            // Another round for the writer, most of the time.
+            tokio::task::yield_now().await;
+        }
+        let mut total = 0;
+        while total < 10 {
+            total += tokio::time::timeout(Duration::from_secs(60), batches.recv())
+                .await
+                .map_err(|_| format!("batch {batch} never delivered: lost wake-up"))?
+                .ok_or("drain gone")?;
+        }
+        assert_eq!(total, 10, "batch {batch}");
+    }
+    assert_eq!(values(&log), (0..200).collect::<Vec<_>>());
+    shutdown.cancel();
+    handle.join().await?;
+    Ok(())
+}

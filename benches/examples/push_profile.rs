@@ -29,7 +29,10 @@ fn timed(name: &str, n: usize, verb: &str, what: &str, work: impl FnOnce() + Sen
         .spawn(move || {
             let (start, cpu) = (Instant::now(), thread_cpu_ns());
             work();
-            (start.elapsed().as_nanos() as f64, (thread_cpu_ns() - cpu) as f64)
+            (
+                start.elapsed().as_nanos() as f64,
+                (thread_cpu_ns() - cpu) as f64,
+            )
         })
         .expect("spawn")
         .join()

@@ -64,6 +64,8 @@ pub(crate) const LEASE_BLOCK: u64 = 1 << 20;
 /// First and largest pause between write attempts while the disk is full.
 const NO_SPACE_RETRY_FIRST: Duration = Duration::from_millis(10);
 const NO_SPACE_RETRY_MAX: Duration = Duration::from_secs(1);
+/// Longest a round waits for returning waiters before its fsync (see `gather`).
+const MAX_GATHER: Duration = Duration::from_micros(500);
 
 /// Payloads up to this many bytes travel inside the queue message, so a typical
 /// record costs no allocation between the producer and the writer.
@@ -109,6 +111,30 @@ impl Payload {
 
     pub(crate) fn len(&self) -> usize {
         self.as_slice().len()
+    }
+}
+
+/// Counts of a take from the queue.
+#[derive(Debug, Default)]
+struct Census {
+    /// Records.
+    records: u64,
+    /// Messages that wait for an fsync (`push_durable` records, `sync` requests).
+    waiters: usize,
+}
+
+impl Census {
+    fn add(&mut self, chunks: &[Vec<WriterMsg>]) {
+        for msg in chunks.iter().flatten() {
+            match msg {
+                WriterMsg::Record { durable, .. } => {
+                    self.records += 1;
+                    self.waiters += usize::from(durable.is_some());
+                }
+                WriterMsg::Sync(_) => self.waiters += 1,
+                WriterMsg::Flush(_) => {}
+            }
+        }
     }
 }
 
@@ -197,6 +223,13 @@ pub(crate) struct WalWriter {
     unsynced: bool,
     /// When the oldest unsynced write happened (for `Durability::Interval`).
     unsynced_since: Option<Instant>,
+    /// `written_seq` moved and the delivery task has not been woken for it yet.
+    wake_pending: bool,
+    /// Waiters (`push_durable`, `sync`) answered by the last synced round: callers
+    /// likely to come back with the next one (see [`gather`](Self::gather)).
+    expected_waiters: usize,
+    /// Moving average of fsync durations (1/8 weight per sample).
+    fsync_avg: Duration,
     failed: Option<Arc<io::Error>>,
     /// Messages taken from the queue but not yet processed (kept while the disk is full).
     held: VecDeque<WriterMsg>,
@@ -213,6 +246,9 @@ impl WalWriter {
             buf: Vec::with_capacity(WRITE_BUF_BYTES),
             unsynced: false,
             unsynced_since: None,
+            wake_pending: false,
+            expected_waiters: 0,
+            fsync_avg: Duration::ZERO,
             failed: None,
             held: VecDeque::new(),
             waiting_durable: Vec::new(),
@@ -276,7 +312,18 @@ impl WalWriter {
         self.unsynced = true;
         self.unsynced_since.get_or_insert_with(Instant::now);
         self.init.shared.publish_written(self.last_seq());
+        self.wake_pending = true;
         Ok(())
+    }
+
+    /// Wakes the delivery task if records were written since the last wake-up and it
+    /// asked to be woken at this `written_seq` (`Shared::wake_at`). Called
+    /// before the writer waits and after each full write buffer, so the wake-up (a
+    /// futex call when the task sleeps) comes after the round's fsync, not before it.
+    fn wake_delivery(&mut self) {
+        if std::mem::take(&mut self.wake_pending) && self.init.shared.delivery_wants_wake() {
+            self.init.shared.data_ready.notify_one();
+        }
     }
 
     fn sync(&mut self) -> Result<(), Stop> {
@@ -290,11 +337,13 @@ impl WalWriter {
         // is fatal, ENOSPC included (writeback failed; the data may be gone).
         self.init.active.sync().map_err(Stop::Fatal)?;
         crate::crashpoint::hit("writer.after_sync");
+        let took = started.elapsed();
+        self.fsync_avg = (self.fsync_avg * 7 + took) / 8;
         self.init
             .shared
             .metrics
             .fsync_seconds
-            .record(started.elapsed().as_secs_f64());
+            .record(took.as_secs_f64());
         self.unsynced = false;
         self.unsynced_since = None;
         self.init.shared.publish_synced(self.last_seq());
@@ -402,6 +451,7 @@ impl WalWriter {
     /// Answers `push_durable` and `sync` waiters: with the failure if there is one,
     /// else with success (the caller has just synced).
     fn answer_waiters(&mut self) {
+        self.expected_waiters = self.waiting_durable.len() + self.waiting_sync.len();
         let failure = self.failure();
         for (seq, tx) in self.waiting_durable.drain(..) {
             let _ = tx.send(failure.clone().map_or(Ok(seq), Err));
@@ -454,7 +504,10 @@ impl WalWriter {
                             self.waiting_durable.push((seq, tx));
                         }
                         if self.buf.len() >= WRITE_BUF_BYTES {
-                            (self.write_out().err(), None)
+                            let res = self.write_out();
+                            // A long round: let delivery start on what is written.
+                            self.wake_delivery();
+                            (res.err(), None)
                         } else {
                             (None, None)
                         }
@@ -545,6 +598,79 @@ impl WalWriter {
         }
     }
 
+    /// One round over a take from the queue (already in `chunks`).
+    fn round(
+        &mut self,
+        rx: &mut inbox::Receiver<WriterMsg>,
+        chunks: &mut Vec<Vec<WriterMsg>>,
+        flushes: &mpsc::UnboundedSender<FlushRequest>,
+    ) -> Progress {
+        let mut census = Census::default();
+        census.add(chunks);
+        self.gather(rx, chunks, &mut census);
+        // Taken off the queue now: `pending()` must not count them twice once a flush
+        // in this round is answered.
+        self.init
+            .shared
+            .taken
+            .fetch_add(census.records, std::sync::atomic::Ordering::Relaxed);
+        self.process(chunks, flushes)
+    }
+
+    /// After a round answered fsync waiters, they usually come straight back with
+    /// their next record. Rather than park at once (and have the next caller pay the
+    /// writer thread's wake-up, tens of µs on a VM), poll the queue for at most half an
+    /// average fsync (and [`MAX_GATHER`]), yielding the CPU between polls. Returns how
+    /// many messages it took; 0 (and no more lingering until waiters are answered
+    /// again) if none came.
+    fn linger(
+        &mut self,
+        rx: &mut inbox::Receiver<WriterMsg>,
+        chunks: &mut Vec<Vec<WriterMsg>>,
+    ) -> usize {
+        if self.expected_waiters == 0 {
+            return 0;
+        }
+        let deadline = std::time::Instant::now() + (self.fsync_avg / 2).min(MAX_GATHER);
+        loop {
+            let n = rx.try_take(chunks);
+            if n > 0 {
+                return n;
+            }
+            if std::time::Instant::now() >= deadline {
+                self.expected_waiters = 0;
+                return 0;
+            }
+            std::thread::yield_now();
+        }
+    }
+
+    /// Group commit for a few concurrent callers. When a round will fsync for fewer
+    /// waiters than the last synced round answered, those callers are probably
+    /// resubmitting right now: wait for them, yielding the CPU, for at most half an
+    /// average fsync (and [`MAX_GATHER`]), then take what arrived. Without this, 8 or
+    /// 64 callers split into alternating small and large rounds (the first caller back
+    /// starts a round alone). A lone caller never waits: its round already holds the one
+    /// waiter expected.
+    fn gather(
+        &self,
+        rx: &mut inbox::Receiver<WriterMsg>,
+        chunks: &mut Vec<Vec<WriterMsg>>,
+        census: &mut Census,
+    ) {
+        if census.waiters == 0 || census.waiters >= self.expected_waiters {
+            return;
+        }
+        let deadline = std::time::Instant::now() + (self.fsync_avg / 2).min(MAX_GATHER);
+        while census.waiters < self.expected_waiters && std::time::Instant::now() < deadline {
+            std::thread::yield_now();
+            let from = chunks.len();
+            if rx.try_take(chunks) > 0 {
+                census.add(chunks.get(from..).unwrap_or_default());
+            }
+        }
+    }
+
     /// Final sync and exact lease, so a clean restart continues without a seq gap.
     fn finish(&mut self) -> Result<(), Arc<io::Error>> {
         if let Some(e) = &self.failed {
@@ -575,6 +701,8 @@ impl WalWriter {
         let mut closing = false;
         let mut stalled: Option<Duration> = None;
         loop {
+            // Every write is followed by this wake-up before the writer waits again.
+            self.wake_delivery();
             if let Some(pause) = stalled {
                 // Disk full: take nothing new (the queue fills and pushes back), retry.
                 tokio::select! {
@@ -606,6 +734,12 @@ impl WalWriter {
                 }
                 continue;
             }
+            if !closing && self.failed.is_none() && self.linger(&mut rx, &mut chunks) > 0 {
+                if self.round(&mut rx, &mut chunks, &flushes) == Progress::Stalled {
+                    stalled = Some(NO_SPACE_RETRY_FIRST);
+                }
+                continue;
+            }
             let deadline = self.sync_deadline();
             tokio::select! {
                 biased;
@@ -630,11 +764,7 @@ impl WalWriter {
                     if n == 0 {
                         break;
                     }
-                    // Taken off the queue now: `pending()` must not count them twice
-                    // once a flush in this round is answered.
-                    let records = chunks.iter().flatten().filter(|m| matches!(m, WriterMsg::Record { .. })).count() as u64;
-                    self.init.shared.taken.fetch_add(records, std::sync::atomic::Ordering::Relaxed);
-                    if self.process(&mut chunks, &flushes) == Progress::Stalled {
+                    if self.round(&mut rx, &mut chunks, &flushes) == Progress::Stalled {
                         stalled = Some(NO_SPACE_RETRY_FIRST);
                     }
                 }
