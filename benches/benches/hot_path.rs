@@ -12,9 +12,13 @@ use std::time::{Duration, Instant};
 use criterion::{BenchmarkId, Criterion};
 use support::{Event, Noop, event, report};
 use tokio_util::sync::CancellationToken;
-use walsink::{Durability, DurableSink, SinkConfig};
+use walsink::{BincodeCodec, Codec, Durability, DurableSink, SinkConfig};
 
 const QUEUE: usize = 1 << 22;
+
+thread_local! {
+    static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
 
 fn rt() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
@@ -87,6 +91,22 @@ where
             b.iter_custom(|iters| timed(iters, producers, make, Arc::clone(&push)))
         });
 
+        // What any design that encodes on the caller (as the contract asks, so encode
+        // errors reach it) pays before queueing anything: encode with the default
+        // codec into a reused buffer, then drop the record. No queue.
+        let push: Arc<dyn Fn(M) + Send + Sync> = Arc::new(|m: M| {
+            SCRATCH.with(|b| {
+                let mut b = b.borrow_mut();
+                b.clear();
+                BincodeCodec.encode(&m, &mut b).expect("encode");
+                std::hint::black_box(&*b);
+            });
+            drop(m);
+        });
+        g.bench_function(BenchmarkId::new("encode_and_drop", producers), |b| {
+            b.iter_custom(|iters| timed(iters, producers, make, Arc::clone(&push)))
+        });
+
         // walsink, Durability::Never, noop drain.
         let dir = tempfile::tempdir().expect("tempdir");
         let shutdown = CancellationToken::new();
@@ -116,6 +136,26 @@ where
     g.finish();
 }
 
+/// try_push minus what encoding on the caller costs alone, against mpsc try_send:
+/// the queueing part of walsink's hot path against the in-memory queue's.
+fn report_floor(rows: &[(&str, &str)]) {
+    println!("\n== hot path beyond encoding: (try_push - encode_and_drop) / mpsc try_send");
+    for (group, producers) in rows {
+        let get = |name: &str| support::median_ns(group, &format!("{name}/{producers}"));
+        match (
+            get("walsink_try_push"),
+            get("encode_and_drop"),
+            get("mpsc_try_send"),
+        ) {
+            (Some(w), Some(e), Some(m)) => println!(
+                "{group}/{producers}: ({w:.1} - {e:.1}) ns vs {m:.1} ns = {:.2}x",
+                (w - e) / m
+            ),
+            _ => println!("{group}/{producers}: no estimates (run without --test)"),
+        }
+    }
+}
+
 fn main() {
     let mut c = Criterion::default().configure_from_args();
     bench_message::<Event, _>(&mut c, "try_push_event", event);
@@ -125,6 +165,29 @@ fn main() {
         v
     });
     c.final_summary();
+    report(
+        "hot path: the part of try_push that encoding on the caller costs by itself",
+        &[
+            ("try_push_event", "encode_and_drop/1", "walsink_try_push/1"),
+            ("try_push_event", "encode_and_drop/4", "walsink_try_push/4"),
+            (
+                "try_push_bytes100",
+                "encode_and_drop/1",
+                "walsink_try_push/1",
+            ),
+            (
+                "try_push_bytes100",
+                "encode_and_drop/4",
+                "walsink_try_push/4",
+            ),
+        ],
+    );
+    report_floor(&[
+        ("try_push_event", "1"),
+        ("try_push_event", "4"),
+        ("try_push_bytes100", "1"),
+        ("try_push_bytes100", "4"),
+    ]);
     report(
         "hot path (DESIGN §7: within 2x of mpsc try_send)",
         &[

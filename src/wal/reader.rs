@@ -22,7 +22,9 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use super::format::HeaderStatus;
-use super::segment::{ScanStep, SegmentScanner, SegmentSet, read_header, segment_path};
+use super::segment::{
+    ScanStep, SegmentInfo, SegmentScanner, SegmentSet, read_header, segment_path,
+};
 use super::storage::Storage;
 
 /// Frames read for one delivery, payloads in one buffer.
@@ -111,6 +113,7 @@ impl WalReader {
     ) -> io::Result<(FrameBatch, u64)> {
         let mut out = FrameBatch::default();
         let mut lost = 0u64;
+        let mut layout: Option<(u64, Option<SegmentInfo>, Option<u64>)> = None;
         // Each pass either appends a frame, skips an acked one, or moves the scanner or
         // the position forward; both are bounded by the files and by `written_seq`.
         while self.position <= written_seq
@@ -121,9 +124,17 @@ impl WalReader {
                 break;
             };
             let first_seq = cur.first_seq;
-            let (next, logical_len) = {
-                let set = self.segments.lock().unwrap_or_else(PoisonError::into_inner);
-                (set.after(first_seq), set.get(first_seq).map(|i| i.len))
+            // Looked up once per segment per call, not per frame: the writer records a
+            // segment (and its length) before it publishes any seq written there, so
+            // what is seen now covers every frame up to `written_seq`.
+            let (next, logical_len) = match &layout {
+                Some((seg, next, len)) if *seg == first_seq => (next.clone(), *len),
+                _ => {
+                    let set = self.segments.lock().unwrap_or_else(PoisonError::into_inner);
+                    let found = (set.after(first_seq), set.get(first_seq).map(|i| i.len));
+                    layout = Some((first_seq, found.0.clone(), found.1));
+                    found
+                }
             };
             let upper = next.as_ref().map_or(written_seq, |n| n.first_seq - 1);
             let Some(cur) = self.current.as_mut() else {
