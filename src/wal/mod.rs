@@ -29,14 +29,18 @@
 //! # Life of a record
 //!
 //! 1. `try_push` encodes it on the caller, reserves its frame bytes from the budget and
-//!    queues it (bounded `tokio::mpsc`).
+//!    queues it ([`crate::inbox`]: a bounded queue that wakes the writer only when it
+//!    is idle).
 //! 2. The writer thread assigns the next seq, frames it (length, CRC-32, seq, payload),
 //!    and writes the round's frames with one `pwrite` into the active segment, which
 //!    was preallocated when it was created. Then it publishes the segment's logical
 //!    length and `written_seq`; readers never look past that length.
 //!    From here on a process crash cannot lose the record (it is in the page cache).
 //! 3. An fdatasync (per [`Durability`](crate::Durability), or requested by `sync` /
-//!    `push_durable`) makes it durable: it now survives power loss.
+//!    `push_durable`) makes it durable: it now survives power loss. Concurrent
+//!    waiters share it (group commit; the writer briefly gathers the callers it
+//!    answered last round, see [`writer`]). Only then is the delivery task woken, and
+//!    only if the backlog reached its threshold.
 //! 4. The delivery task reads it back from the segment file (the same path as crash
 //!    replay), decodes it and hands it to the drain in a batch.
 //! 5. When the drain acknowledges, the cursor is written (page cache).

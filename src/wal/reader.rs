@@ -78,6 +78,9 @@ pub(crate) struct WalReader {
     /// Next seq to read: every record below it has been read (or is lost).
     position: u64,
     current: Option<Current>,
+    /// Frames and payload bytes of the last batch: the next batch's buffers are sized
+    /// from them, so steady delivery does not grow (and copy) them frame by frame.
+    last_batch: (usize, usize),
 }
 
 impl WalReader {
@@ -95,6 +98,7 @@ impl WalReader {
             max_payload_bytes,
             position,
             current: None,
+            last_batch: (0, 0),
         }
     }
 
@@ -111,7 +115,13 @@ impl WalReader {
         max_records: usize,
         max_bytes: usize,
     ) -> io::Result<(FrameBatch, u64)> {
-        let mut out = FrameBatch::default();
+        let (frames_hint, bytes_hint) = self.last_batch;
+        let frames_hint = frames_hint.min(max_records);
+        let mut out = FrameBatch {
+            seqs: Vec::with_capacity(frames_hint),
+            data: Vec::with_capacity(bytes_hint.min(max_bytes)),
+            ends: Vec::with_capacity(frames_hint),
+        };
         let mut lost = 0u64;
         let mut layout: Option<(u64, Option<SegmentInfo>, Option<u64>)> = None;
         // Each pass either appends a frame, skips an acked one, or moves the scanner or
@@ -202,6 +212,7 @@ impl WalReader {
                 }
             }
         }
+        self.last_batch = (out.len(), out.data.len());
         Ok((out, lost))
     }
 

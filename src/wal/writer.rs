@@ -16,6 +16,22 @@
 //! 3. Write the buffer with one `pwrite`, publish `written_seq`, wake the delivery task.
 //! 4. If anyone in the round waits for durability, or the mode asks for it, one
 //!    fdatasync covers them all (group commit); then answer the waiters.
+//! 5. Wake the delivery task, if `written_seq` reached the threshold it asked for
+//!    (`Shared::wake_at`): after the fsync, so the wake-up is off the waiters' path.
+//!
+//! # Group commit with few callers
+//!
+//! Two measured effects shape the waits around a round (`benches/group_commit.rs`):
+//! - *gather*: when a round will fsync for fewer waiters than the previous round
+//!   answered, the others are usually resubmitting at that moment. The round polls
+//!   the queue (yielding the CPU) for up to half an average fsync (at most 500 µs)
+//!   until they are in. Without it, 8 or 64 callers split into alternating small and
+//!   large rounds, each paying a full fsync.
+//! - *linger*: after answering waiters, the writer polls the queue for up to half an
+//!   average fsync before parking, so the next `push_durable` of a lone caller does
+//!   not pay the writer thread's wake-up.
+//!
+//! Neither waits when nobody waits for an fsync: `try_push` traffic never lingers.
 //!
 //! # Full disk
 //!
