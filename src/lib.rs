@@ -71,6 +71,7 @@ mod metrics;
 #[cfg(test)]
 mod model_tests;
 mod shared;
+mod stats;
 // The simulated disk serves the fuzz entry points as well as the tests.
 #[cfg_attr(not(test), allow(dead_code))]
 mod sim;
@@ -89,5 +90,6 @@ pub use config::{
 pub use drain::{Batch, DrainError, DrainErrorKind, SinkDrain};
 pub use error::{OpenError, SinkError};
 pub use handle::{ShutdownReport, SinkHandle};
-pub use sink::{DurableSink, SinkStats};
+pub use sink::DurableSink;
+pub use stats::SinkStats;
 pub use wal::recovery::RecoveryReport;

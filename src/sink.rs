@@ -21,6 +21,7 @@ use crate::error::{OpenError, SinkError};
 use crate::handle::SinkHandle;
 use crate::metrics::Metrics;
 use crate::shared::Shared;
+use crate::stats::SinkStats;
 use crate::wal::cursor::Cursor;
 use crate::wal::format::frame_bytes;
 use crate::wal::reader::WalReader;
@@ -124,46 +125,6 @@ impl<T> fmt::Debug for DurableSink<T> {
             .field("overflow", &self.inner.overflow)
             .finish_non_exhaustive()
     }
-}
-
-/// A snapshot of a sink's counters (see [`DurableSink::stats`]).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct SinkStats {
-    /// Records accepted by push calls since open.
-    pub pushed: u64,
-    /// Records refused as `Overflow` (queue or disk budget full) since open.
-    pub dropped: u64,
-    /// Records accepted and not yet acknowledged, recovered ones included (an upper
-    /// bound when seqs have gaps).
-    pub pending: u64,
-    /// Every record at or below this seq is in a segment file.
-    pub written_seq: u64,
-    /// Every record at or below this seq is durable.
-    pub synced_seq: u64,
-    /// Every record at or below this seq is acknowledged (or rejected, or lost).
-    pub acked_seq: u64,
-    /// Bytes of segment files plus frames reserved by queued records.
-    pub wal_bytes: u64,
-    /// Segment files.
-    pub wal_segments: u64,
-    /// `write_batch` calls.
-    pub writes: u64,
-    /// `write_batch` calls that failed, plus WAL write failures.
-    pub write_errors: u64,
-    /// Batches delivered again after a retryable error.
-    pub retries: u64,
-    /// Records rejected by the drain (permanent error) and skipped.
-    pub rejected: u64,
-    /// Recovered records delivered.
-    pub replayed: u64,
-    /// Records lost to corruption (or undecodable) and skipped.
-    pub corrupt_records: u64,
-    /// Files quarantined at open.
-    pub quarantined_segments: u64,
-    /// The writer is holding writes because the disk is full (ENOSPC); pushes see
-    /// `Overflow` or wait until space is freed.
-    pub disk_full: bool,
 }
 
 /// Gives back reserved budget if a push is abandoned before its record is queued.
@@ -563,7 +524,7 @@ impl<T: Send + 'static> DurableSink<T> {
     /// `Io` if a write or fsync failed (now or earlier: the failure is sticky, and
     /// `sync` never reports durability after it); `Closed` after shutdown.
     pub async fn sync(&self) -> Result<(), SinkError> {
-        self.request(WriterMsg::Sync).await
+        self.request(|tx| WriterMsg::Sync(Some(tx))).await
     }
 
     /// Waits until the drain has acknowledged every record accepted before this call,
@@ -582,7 +543,7 @@ impl<T: Send + 'static> DurableSink<T> {
     /// `Closed` if the sink shut down before the records were acknowledged (they stay
     /// on disk for the next open); `Io` if the WAL failed.
     pub async fn flush(&self) -> Result<(), SinkError> {
-        self.request(WriterMsg::Flush).await
+        self.request(|tx| WriterMsg::Flush(Some(tx))).await
     }
 
     /// Records refused as `Overflow` since open.

@@ -15,23 +15,10 @@
 //!    frame would push the segment past `segment_bytes` (and the segment holds a frame).
 //! 3. Write the buffer with one `pwrite`, publish `written_seq`, wake the delivery task.
 //! 4. If anyone in the round waits for durability, or the mode asks for it, one
-//!    fdatasync covers them all (group commit); then answer the waiters.
+//!    fdatasync covers them all (group commit, see [`thread`]); then answer the
+//!    waiters.
 //! 5. Wake the delivery task, if `written_seq` reached the threshold it asked for
 //!    (`Shared::wake_at`): after the fsync, so the wake-up is off the waiters' path.
-//!
-//! # Group commit with few callers
-//!
-//! Two measured effects shape the waits around a round (`benches/group_commit.rs`):
-//! - *gather*: when a round will fsync for fewer waiters than the previous round
-//!   answered, the others are usually resubmitting at that moment. The round polls
-//!   the queue (yielding the CPU) for up to half an average fsync (at most 500 µs)
-//!   until they are in. Without it, 8 or 64 callers split into alternating small and
-//!   large rounds, each paying a full fsync.
-//! - *linger*: after answering waiters, the writer polls the queue for up to half an
-//!   average fsync before parking, so the next `push_durable` of a lone caller does
-//!   not pay the writer thread's wake-up.
-//!
-//! Neither waits when nobody waits for an fsync: `try_push` traffic never lingers.
 //!
 //! # Full disk
 //!
@@ -59,9 +46,8 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
 
 use super::format::{SEGMENT_HEADER_BYTES, SegmentHeader, encode_frame, frame_bytes};
 use super::register::Register;
@@ -69,8 +55,13 @@ use super::segment::{SegmentInfo, SegmentSet, create_segment, segment_path};
 use super::storage::{Storage, StorageFile};
 use crate::config::Durability;
 use crate::error::SinkError;
-use crate::inbox;
 use crate::shared::Shared;
+
+mod message;
+mod thread;
+
+pub(crate) use message::{DoneReply, DurableReply, FlushRequest, Payload, WriterMsg};
+pub(crate) use thread::spawn_writer;
 
 /// The write buffer is written out when it reaches this size, so one round never
 /// holds more than about this much plus one frame.
@@ -80,109 +71,6 @@ pub(crate) const LEASE_BLOCK: u64 = 1 << 20;
 /// First and largest pause between write attempts while the disk is full.
 const NO_SPACE_RETRY_FIRST: Duration = Duration::from_millis(10);
 const NO_SPACE_RETRY_MAX: Duration = Duration::from_secs(1);
-/// Longest a round waits for returning waiters before its fsync (see `gather`).
-const MAX_GATHER: Duration = Duration::from_micros(500);
-
-/// Payloads up to this many bytes travel inside the queue message, so a typical
-/// record costs no allocation between the producer and the writer.
-pub(crate) const INLINE_PAYLOAD_BYTES: usize = 119;
-const _: () = assert!(INLINE_PAYLOAD_BYTES <= u8::MAX as usize);
-
-/// An encoded record on its way to the writer: inline when small, else on the heap.
-#[derive(Debug)]
-pub(crate) enum Payload {
-    /// `bytes[..len]`.
-    Inline {
-        /// Bytes used.
-        len: u8,
-        /// Storage.
-        bytes: [u8; INLINE_PAYLOAD_BYTES],
-    },
-    /// A larger payload.
-    Heap(Vec<u8>),
-}
-
-impl Payload {
-    /// Takes the encoding in `buf`: copied inline if it fits, else moved (leaving `buf`
-    /// empty).
-    pub(crate) fn take(buf: &mut Vec<u8>) -> Self {
-        if buf.len() <= INLINE_PAYLOAD_BYTES {
-            let mut bytes = [0u8; INLINE_PAYLOAD_BYTES];
-            bytes[..buf.len()].copy_from_slice(buf);
-            Self::Inline {
-                len: buf.len() as u8,
-                bytes,
-            }
-        } else {
-            Self::Heap(std::mem::take(buf))
-        }
-    }
-
-    pub(crate) fn as_slice(&self) -> &[u8] {
-        match self {
-            Self::Inline { len, bytes } => bytes.get(..*len as usize).unwrap_or_default(),
-            Self::Heap(v) => v,
-        }
-    }
-
-    pub(crate) fn len(&self) -> usize {
-        self.as_slice().len()
-    }
-}
-
-/// Counts of a take from the queue.
-#[derive(Debug, Default)]
-struct Census {
-    /// Records.
-    records: u64,
-    /// Messages that wait for an fsync (`push_durable` records, `sync` requests).
-    waiters: usize,
-}
-
-impl Census {
-    fn add(&mut self, chunks: &[Vec<WriterMsg>]) {
-        for msg in chunks.iter().flatten() {
-            match msg {
-                WriterMsg::Record { durable, .. } => {
-                    self.records += 1;
-                    self.waiters += usize::from(durable.is_some());
-                }
-                WriterMsg::Sync(_) => self.waiters += 1,
-                WriterMsg::Flush(_) => {}
-            }
-        }
-    }
-}
-
-/// Result of `push_durable`: the record's seq once it is durable.
-pub(crate) type DurableReply = oneshot::Sender<Result<u64, SinkError>>;
-/// Result of `sync` / `flush`.
-pub(crate) type DoneReply = oneshot::Sender<Result<(), SinkError>>;
-
-/// What producers send to the writer, in FIFO order.
-#[derive(Debug)]
-pub(crate) enum WriterMsg {
-    /// An encoded record; its frame bytes were reserved from the disk budget.
-    Record {
-        /// Encoded payload.
-        payload: Payload,
-        /// Answered once the record is durable, for `push_durable`.
-        durable: Option<DurableReply>,
-    },
-    /// `sync()`: answer once every record before it is durable.
-    Sync(DoneReply),
-    /// `flush()`: forwarded to the delivery task with the seq it must see acknowledged.
-    Flush(DoneReply),
-}
-
-/// A `flush()` the delivery task must answer once `acked_seq >= target`.
-#[derive(Debug)]
-pub(crate) struct FlushRequest {
-    /// Last seq assigned before the flush.
-    pub(crate) target: u64,
-    /// The caller.
-    pub(crate) done: DoneReply,
-}
 
 /// Everything the writer starts from, produced by recovery.
 #[derive(Debug)]
@@ -246,6 +134,8 @@ pub(crate) struct WalWriter {
     expected_waiters: usize,
     /// Moving average of fsync durations (1/8 weight per sample).
     fsync_avg: Duration,
+    /// Records handled (written or refused) but not yet added to `Shared::taken`.
+    untallied: u64,
     failed: Option<Arc<io::Error>>,
     /// Messages taken from the queue but not yet processed (kept while the disk is full).
     held: VecDeque<WriterMsg>,
@@ -265,6 +155,7 @@ impl WalWriter {
             wake_pending: false,
             expected_waiters: 0,
             fsync_avg: Duration::ZERO,
+            untallied: 0,
             failed: None,
             held: VecDeque::new(),
             waiting_durable: Vec::new(),
@@ -298,7 +189,21 @@ impl WalWriter {
         Ok(seq)
     }
 
+    /// Adds the records handled so far to `Shared::taken`: they no longer count as
+    /// queued in `pending()`. Done before `written_seq` moves and before a flush is
+    /// forwarded, so a record is never counted both as queued and as written.
+    fn tally(&mut self) {
+        let n = std::mem::take(&mut self.untallied);
+        if n > 0 {
+            self.init
+                .shared
+                .taken
+                .fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
     fn write_out(&mut self) -> Result<(), Stop> {
+        self.tally();
         if self.buf.is_empty() {
             return Ok(());
         }
@@ -477,93 +382,140 @@ impl WalWriter {
         }
     }
 
-    /// Answers a message that arrives after a sticky failure.
-    fn refuse(&self, msg: WriterMsg) {
+    /// Answers a message that arrives after a sticky failure (in place: its reply
+    /// channel is taken, so it is answered once).
+    fn refuse(&mut self, msg: &mut WriterMsg) {
         let err = self.failure().unwrap_or(SinkError::Closed);
         match msg {
             WriterMsg::Record { payload, durable } => {
+                self.untallied += 1;
                 self.init.shared.release(frame_bytes(payload.len()));
-                if let Some(tx) = durable {
+                if let Some(tx) = durable.take() {
                     let _ = tx.send(Err(err));
                 }
             }
             WriterMsg::Sync(tx) | WriterMsg::Flush(tx) => {
-                let _ = tx.send(Err(err));
+                if let Some(tx) = tx.take() {
+                    let _ = tx.send(Err(err));
+                }
             }
         }
     }
 
-    /// Processes the held messages, then `incoming` (draining its chunks), then ends
-    /// the round with a write (and a sync when someone waits for one or the mode asks).
-    /// `Stalled` if the disk is full: what is left stays held for the next attempt.
+    /// Handles one message in place (its reply channel is taken out, so the message
+    /// needs no move). On a stop, says whether the message was consumed (a record
+    /// appended to the buffer before the write failed) or must be handled again.
+    fn handle(
+        &mut self,
+        msg: &mut WriterMsg,
+        flushes: &mpsc::UnboundedSender<FlushRequest>,
+    ) -> Option<(Stop, bool)> {
+        if self.failed.is_some() {
+            self.refuse(msg);
+            return None;
+        }
+        match msg {
+            WriterMsg::Record { payload, durable } => match self.append(payload.as_slice()) {
+                Ok(seq) => {
+                    self.untallied += 1;
+                    if let Some(tx) = durable.take() {
+                        self.waiting_durable.push((seq, tx));
+                    }
+                    if self.buf.len() >= WRITE_BUF_BYTES {
+                        let res = self.write_out();
+                        // A long round: let delivery start on what is written.
+                        self.wake_delivery();
+                        res.err().map(|stop| (stop, true))
+                    } else {
+                        None
+                    }
+                }
+                Err(stop) => Some((stop, false)),
+            },
+            WriterMsg::Sync(tx) => {
+                self.waiting_sync.extend(tx.take());
+                None
+            }
+            WriterMsg::Flush(tx) => match self.write_out() {
+                Ok(()) => {
+                    if let Some(done) = tx.take() {
+                        let req = FlushRequest {
+                            target: self.last_seq(),
+                            done,
+                        };
+                        if let Err(mpsc::error::SendError(req)) = flushes.send(req) {
+                            let _ = req.done.send(Err(SinkError::Closed));
+                        }
+                    }
+                    None
+                }
+                Err(stop) => Some((stop, false)),
+            },
+        }
+    }
+
+    /// Processes the held messages, then `incoming` in place (each chunk is cleared
+    /// once handled), then ends the round with a write (and a sync when someone waits
+    /// for one or the mode asks). `Stalled` if the disk is full: what is left moves to
+    /// `held` for the next attempt.
     fn process(
         &mut self,
         incoming: &mut [Vec<WriterMsg>],
         flushes: &mpsc::UnboundedSender<FlushRequest>,
     ) -> Progress {
-        // Messages are moved once, straight from the queue's chunks; only a stall
-        // parks the rest in `held`.
-        let held = std::mem::take(&mut self.held);
-        let mut msgs = held
-            .into_iter()
-            .chain(incoming.iter_mut().flat_map(|c| c.drain(..)));
-        while let Some(msg) = msgs.next() {
-            if self.failed.is_some() {
-                self.refuse(msg);
-                continue;
-            }
-            // On a stop, the message that was not processed comes back with it.
-            let (stop, unprocessed) = match msg {
-                WriterMsg::Record { payload, durable } => match self.append(payload.as_slice()) {
-                    Ok(seq) => {
-                        if let Some(tx) = durable {
-                            self.waiting_durable.push((seq, tx));
-                        }
-                        if self.buf.len() >= WRITE_BUF_BYTES {
-                            let res = self.write_out();
-                            // A long round: let delivery start on what is written.
-                            self.wake_delivery();
-                            (res.err(), None)
-                        } else {
-                            (None, None)
-                        }
-                    }
-                    Err(stop) => (Some(stop), Some(WriterMsg::Record { payload, durable })),
-                },
-                WriterMsg::Sync(tx) => {
-                    self.waiting_sync.push(tx);
-                    (None, None)
-                }
-                WriterMsg::Flush(tx) => match self.write_out() {
-                    Ok(()) => {
-                        let req = FlushRequest {
-                            target: self.last_seq(),
-                            done: tx,
-                        };
-                        if let Err(mpsc::error::SendError(req)) = flushes.send(req) {
-                            let _ = req.done.send(Err(SinkError::Closed));
-                        }
-                        (None, None)
-                    }
-                    Err(stop) => (Some(stop), Some(WriterMsg::Flush(tx))),
-                },
-            };
-            match stop {
+        let mut held = std::mem::take(&mut self.held);
+        while let Some(mut msg) = held.pop_front() {
+            match self.handle(&mut msg, flushes) {
                 None => {}
-                Some(Stop::NoSpace(e)) => {
-                    // Keep the order: the unprocessed message first, then the rest.
-                    self.held.extend(unprocessed);
-                    self.held.extend(msgs);
+                Some((Stop::NoSpace(e), consumed)) => {
+                    // Keep the order: this message (unless consumed), the rest, then
+                    // everything taken in this round.
+                    if !consumed {
+                        held.push_front(msg);
+                    }
+                    held.extend(incoming.iter_mut().flat_map(|c| c.drain(..)));
+                    self.held = held;
                     return self.stall(e);
                 }
-                Some(Stop::Fatal(e)) => {
+                Some((Stop::Fatal(e), consumed)) => {
                     self.fail(e);
-                    if let Some(msg) = unprocessed {
-                        self.refuse(msg);
+                    if !consumed {
+                        self.refuse(&mut msg);
                     }
                 }
             }
         }
+        for c in 0..incoming.len() {
+            let mut i = 0;
+            while let Some(msg) = incoming.get_mut(c).and_then(|chunk| chunk.get_mut(i)) {
+                match self.handle(msg, flushes) {
+                    None => {}
+                    Some((Stop::NoSpace(e), consumed)) => {
+                        let from = if consumed { i + 1 } else { i };
+                        for (k, chunk) in incoming.iter_mut().enumerate().skip(c) {
+                            let start = if k == c { from.min(chunk.len()) } else { 0 };
+                            self.held.extend(chunk.drain(start..));
+                            chunk.clear();
+                        }
+                        return self.stall(e);
+                    }
+                    Some((Stop::Fatal(e), consumed)) => {
+                        self.fail(e);
+                        if !consumed
+                            && let Some(msg) = incoming.get_mut(c).and_then(|ch| ch.get_mut(i))
+                        {
+                            self.refuse(msg);
+                        }
+                    }
+                }
+                i += 1;
+            }
+            if let Some(chunk) = incoming.get_mut(c) {
+                // Handled: every reply was taken, so dropping them does nothing.
+                chunk.clear();
+            }
+        }
+        self.tally();
         if self.failed.is_some() {
             return Progress::Done;
         }
@@ -609,81 +561,8 @@ impl WalWriter {
             .count();
         tracing::error!(dir = %self.init.dir.display(), error = %why, lost_records = lost, "shutdown while the disk is full: unwritten records are lost");
         self.fail(why);
-        while let Some(msg) = self.held.pop_front() {
-            self.refuse(msg);
-        }
-    }
-
-    /// One round over a take from the queue (already in `chunks`).
-    fn round(
-        &mut self,
-        rx: &mut inbox::Receiver<WriterMsg>,
-        chunks: &mut Vec<Vec<WriterMsg>>,
-        flushes: &mpsc::UnboundedSender<FlushRequest>,
-    ) -> Progress {
-        let mut census = Census::default();
-        census.add(chunks);
-        self.gather(rx, chunks, &mut census);
-        // Taken off the queue now: `pending()` must not count them twice once a flush
-        // in this round is answered.
-        self.init
-            .shared
-            .taken
-            .fetch_add(census.records, std::sync::atomic::Ordering::Relaxed);
-        self.process(chunks, flushes)
-    }
-
-    /// After a round answered fsync waiters, they usually come straight back with
-    /// their next record. Rather than park at once (and have the next caller pay the
-    /// writer thread's wake-up, tens of µs on a VM), poll the queue for at most half an
-    /// average fsync (and [`MAX_GATHER`]), yielding the CPU between polls. Returns how
-    /// many messages it took; 0 (and no more lingering until waiters are answered
-    /// again) if none came.
-    fn linger(
-        &mut self,
-        rx: &mut inbox::Receiver<WriterMsg>,
-        chunks: &mut Vec<Vec<WriterMsg>>,
-    ) -> usize {
-        if self.expected_waiters == 0 {
-            return 0;
-        }
-        let deadline = std::time::Instant::now() + (self.fsync_avg / 2).min(MAX_GATHER);
-        loop {
-            let n = rx.try_take(chunks);
-            if n > 0 {
-                return n;
-            }
-            if std::time::Instant::now() >= deadline {
-                self.expected_waiters = 0;
-                return 0;
-            }
-            std::thread::yield_now();
-        }
-    }
-
-    /// Group commit for a few concurrent callers. When a round will fsync for fewer
-    /// waiters than the last synced round answered, those callers are probably
-    /// resubmitting right now: wait for them, yielding the CPU, for at most half an
-    /// average fsync (and [`MAX_GATHER`]), then take what arrived. Without this, 8 or
-    /// 64 callers split into alternating small and large rounds (the first caller back
-    /// starts a round alone). A lone caller never waits: its round already holds the one
-    /// waiter expected.
-    fn gather(
-        &self,
-        rx: &mut inbox::Receiver<WriterMsg>,
-        chunks: &mut Vec<Vec<WriterMsg>>,
-        census: &mut Census,
-    ) {
-        if census.waiters == 0 || census.waiters >= self.expected_waiters {
-            return;
-        }
-        let deadline = std::time::Instant::now() + (self.fsync_avg / 2).min(MAX_GATHER);
-        while census.waiters < self.expected_waiters && std::time::Instant::now() < deadline {
-            std::thread::yield_now();
-            let from = chunks.len();
-            if rx.try_take(chunks) > 0 {
-                census.add(chunks.get(from..).unwrap_or_default());
-            }
+        while let Some(mut msg) = self.held.pop_front() {
+            self.refuse(&mut msg);
         }
     }
 
@@ -704,117 +583,4 @@ impl WalWriter {
             Err(Stop::NoSpace(e) | Stop::Fatal(e)) => Err(self.fail(e)),
         }
     }
-
-    /// The writer loop; returns when the queue is closed and empty (cancellation, or
-    /// every sink handle dropped). The one loop of the writer that ends only then.
-    pub(crate) async fn run(
-        mut self,
-        mut rx: inbox::Receiver<WriterMsg>,
-        flushes: mpsc::UnboundedSender<FlushRequest>,
-        shutdown: CancellationToken,
-    ) -> Result<(), Arc<io::Error>> {
-        let mut chunks: Vec<Vec<WriterMsg>> = Vec::new();
-        let mut closing = false;
-        let mut stalled: Option<Duration> = None;
-        loop {
-            // Every write is followed by this wake-up before the writer waits again.
-            self.wake_delivery();
-            if let Some(pause) = stalled {
-                // Disk full: take nothing new (the queue fills and pushes back), retry.
-                tokio::select! {
-                    biased;
-                    () = shutdown.cancelled(), if !closing => {
-                        closing = true;
-                        rx.close();
-                    }
-                    () = tokio::time::sleep(pause) => {}
-                }
-                match self.process(&mut [], &flushes) {
-                    Progress::Done => {
-                        self.init
-                            .shared
-                            .disk_full
-                            .store(false, std::sync::atomic::Ordering::Release);
-                        tracing::info!(dir = %self.init.dir.display(), "WAL disk space available again; writing resumed");
-                        stalled = None;
-                    }
-                    Progress::Stalled if closing => {
-                        self.init
-                            .shared
-                            .disk_full
-                            .store(false, std::sync::atomic::Ordering::Release);
-                        self.abandon(io::Error::from(io::ErrorKind::StorageFull));
-                        stalled = None;
-                    }
-                    Progress::Stalled => stalled = Some((pause * 2).min(NO_SPACE_RETRY_MAX)),
-                }
-                continue;
-            }
-            if !closing && self.failed.is_none() && self.linger(&mut rx, &mut chunks) > 0 {
-                if self.round(&mut rx, &mut chunks, &flushes) == Progress::Stalled {
-                    stalled = Some(NO_SPACE_RETRY_FIRST);
-                }
-                continue;
-            }
-            let deadline = self.sync_deadline();
-            tokio::select! {
-                biased;
-                () = shutdown.cancelled(), if !closing => {
-                    // Stop accepting; what is queued is still taken and written below.
-                    closing = true;
-                    rx.close();
-                }
-                () = sleep_until_opt(deadline), if deadline.is_some() && self.failed.is_none() => {
-                    match self.sync() {
-                        Ok(()) => {}
-                        Err(Stop::NoSpace(e)) => {
-                            self.stall(e);
-                            stalled = Some(NO_SPACE_RETRY_FIRST);
-                        }
-                        Err(Stop::Fatal(e)) => {
-                            self.fail(e);
-                        }
-                    }
-                }
-                n = rx.recv(&mut chunks) => {
-                    if n == 0 {
-                        break;
-                    }
-                    if self.round(&mut rx, &mut chunks, &flushes) == Progress::Stalled {
-                        stalled = Some(NO_SPACE_RETRY_FIRST);
-                    }
-                }
-            }
-        }
-        self.finish()
-    }
-}
-
-async fn sleep_until_opt(deadline: Option<Instant>) {
-    match deadline {
-        Some(d) => tokio::time::sleep_until(d).await,
-        None => std::future::pending().await,
-    }
-}
-
-/// Starts the writer thread. `on_exit` is answered with the writer's final result.
-pub(crate) fn spawn_writer(
-    writer: WalWriter,
-    rx: inbox::Receiver<WriterMsg>,
-    flushes: mpsc::UnboundedSender<FlushRequest>,
-    shutdown: CancellationToken,
-    on_exit: oneshot::Sender<Result<(), Arc<io::Error>>>,
-) -> io::Result<std::thread::JoinHandle<()>> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_time()
-        .build()?;
-    std::thread::Builder::new()
-        .name("walsink-writer".into())
-        .spawn(move || {
-            let shared = Arc::clone(&writer.init.shared);
-            let result = rt.block_on(writer.run(rx, flushes, shutdown));
-            // Wake the delivery task: it must notice that writing has ended.
-            shared.data_ready.notify_one();
-            let _ = on_exit.send(result);
-        })
 }
