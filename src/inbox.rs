@@ -15,9 +15,9 @@
 //! own cache line:
 //! - a producer locks, checks the bound, appends, unlocks, and then reads `idle`; only
 //!   if the writer said it is idle does it wake it (a [`Notify`]);
-//! - the writer takes every chunk in one critical section (a pointer swap, whatever
-//!   the backlog) and hands the emptied chunks back on its next take, so a steady
-//!   state allocates nothing;
+//! - the writer takes every chunk in one critical section (it moves the chunk
+//!   pointers, not the messages, whatever the backlog) and hands the emptied chunks
+//!   back on its next take, so a steady state allocates nothing;
 //! - `push` callers waiting for room wait on another `Notify`, signalled after takes.
 //!
 //! The writer locks once per round, so the lock's cache line stays with the producers

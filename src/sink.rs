@@ -127,6 +127,15 @@ impl<T> fmt::Debug for DurableSink<T> {
     }
 }
 
+/// Outcome of [`DurableSink::enqueue_now`].
+enum Enqueue {
+    Queued,
+    /// The budget or the queue is full; the message comes back.
+    NoRoom(WriterMsg),
+    /// The queue is closed (shutdown or WAL failure); the message was dropped.
+    Closed,
+}
+
 /// Gives back reserved budget if a push is abandoned before its record is queued.
 struct Reservation<'a> {
     shared: &'a Shared,
@@ -376,26 +385,39 @@ impl<T: Send + 'static> DurableSink<T> {
         }
         let payload = self.encode(&record)?;
         let bytes = frame_bytes(payload.len());
-        if !inner.shared.try_reserve(bytes) {
-            return Err(self.count_drop());
-        }
         let msg = WriterMsg::Record {
             payload,
             durable: None,
         };
+        match self.enqueue_now(msg, bytes) {
+            Enqueue::Queued => Ok(()),
+            Enqueue::NoRoom(_) => Err(self.count_drop()),
+            Enqueue::Closed => Err(self.closed_error()),
+        }
+    }
+
+    /// Queues `msg` if the disk budget and the queue both have room right now (counted
+    /// in `pushed`). Otherwise nothing is kept: the budget is given back and the
+    /// message returned.
+    fn enqueue_now(&self, msg: WriterMsg, bytes: u64) -> Enqueue {
+        let inner = &*self.inner;
+        if !inner.shared.try_reserve(bytes) {
+            return Enqueue::NoRoom(msg);
+        }
         match inner.tx.try_send(msg) {
-            Ok(()) => {}
-            Err(TrySendError::Full(_)) => {
+            Ok(()) => {
+                inner.shared.pushed.add(1, &inner.shared.metrics.pushed);
+                Enqueue::Queued
+            }
+            Err(TrySendError::Full(msg)) => {
                 inner.shared.release(bytes);
-                return Err(self.count_drop());
+                Enqueue::NoRoom(msg)
             }
             Err(TrySendError::Closed(_)) => {
                 inner.shared.release(bytes);
-                return Err(inner.shared.failure().unwrap_or(SinkError::Closed));
+                Enqueue::Closed
             }
         }
-        inner.shared.pushed.add(1, &inner.shared.metrics.pushed);
-        Ok(())
     }
 
     /// Queues a record, waiting for room in the queue and in the disk budget (whatever
@@ -440,25 +462,13 @@ impl<T: Send + 'static> DurableSink<T> {
         let inner = &*self.inner;
         let payload = self.encode(&record)?;
         let bytes = frame_bytes(payload.len());
-        let mut msg = WriterMsg::Record { payload, durable };
         // Fast path, as `try_push`: room in the budget and in the queue right now. A
         // caller here may overtake one that waits below; each keeps its own order.
-        if inner.shared.try_reserve(bytes) {
-            match inner.tx.try_send(msg) {
-                Ok(()) => {
-                    inner.shared.pushed.add(1, &inner.shared.metrics.pushed);
-                    return Ok(());
-                }
-                Err(TrySendError::Full(m)) => {
-                    inner.shared.release(bytes);
-                    msg = m;
-                }
-                Err(TrySendError::Closed(_)) => {
-                    inner.shared.release(bytes);
-                    return Err(self.closed_error());
-                }
-            }
-        }
+        let msg = match self.enqueue_now(WriterMsg::Record { payload, durable }, bytes) {
+            Enqueue::Queued => return Ok(()),
+            Enqueue::NoRoom(msg) => msg,
+            Enqueue::Closed => return Err(self.closed_error()),
+        };
         let reservation = self.reserve_waiting(bytes).await?;
         let permit = inner.tx.reserve().await.map_err(|_| self.closed_error())?;
         reservation.commit();

@@ -9,11 +9,11 @@
 //!
 //! # One round
 //!
-//! 1. Take every queued message at once (one swap under the queue's lock; see
-//!    [`crate::inbox`]), so a round holds at most `queue_capacity` messages.
+//! 1. Take every queued message at once (chunk pointers moved under the queue's
+//!    lock; see [`crate::inbox`]), so a round holds at most `queue_capacity` messages.
 //! 2. Frame each record into the write buffer under the next seq; roll first if the
 //!    frame would push the segment past `segment_bytes` (and the segment holds a frame).
-//! 3. Write the buffer with one `pwrite`, publish `written_seq`, wake the delivery task.
+//! 3. Write the buffer with one `pwrite` and publish `written_seq`.
 //! 4. If anyone in the round waits for durability, or the mode asks for it, one
 //!    fdatasync covers them all (group commit, see [`thread`]); then answer the
 //!    waiters.
