@@ -1,7 +1,8 @@
 //! State shared by producers, the WAL writer thread and the delivery task.
 //!
 //! Only atomics and wake-ups live here; each piece has one writer:
-//! - producers: `pushed`, `dropped`, `disk_used` (reserve);
+//! - producers: `dropped`, `disk_used` (reserve); records accepted are counted by
+//!   the queue itself (`inbox::Sender::counted`), under the lock a push takes anyway;
 //! - the WAL writer: `written_seq`, `synced_seq`, `taken`, `failure`;
 //! - the delivery task: `acked_seq`, `disk_used` (release on delete), the counters of
 //!   delivery.
@@ -61,7 +62,6 @@ pub(crate) struct Shared {
     pub(crate) metrics: Metrics,
     pub(crate) max_disk_bytes: u64,
 
-    pub(crate) pushed: CachePadded<Stat>,
     pub(crate) dropped: Stat,
     pub(crate) writes: Stat,
     pub(crate) write_errors: Stat,
@@ -71,8 +71,8 @@ pub(crate) struct Shared {
     pub(crate) corrupt_records: Stat,
     pub(crate) quarantined_segments: Stat,
 
-    /// Records the writer has taken off the queue (`pushed - taken` are queued). Kept
-    /// by the writer alone, so the hot path pays no extra atomic for it.
+    /// Records the writer has taken off the queue (accepted minus taken are queued).
+    /// Kept by the writer alone, so the hot path pays no extra atomic for it.
     pub(crate) taken: CachePadded<AtomicU64>,
     /// Bytes of segment files plus frames reserved by accepted, unwritten records.
     pub(crate) disk_used: CachePadded<AtomicU64>,
@@ -107,7 +107,6 @@ impl Shared {
         Self {
             metrics,
             max_disk_bytes,
-            pushed: CachePadded(Stat::new()),
             dropped: Stat::new(),
             writes: Stat::new(),
             write_errors: Stat::new(),

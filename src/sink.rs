@@ -10,7 +10,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::inbox::{self, TrySendError};
+use crate::inbox::{self, BytesAt, MAX_ARENA_BYTES, TrySendError};
 use tokio_util::sync::CancellationToken;
 
 use crate::actor::{Actor, ActorInit};
@@ -27,7 +27,7 @@ use crate::wal::format::frame_bytes;
 use crate::wal::reader::WalReader;
 use crate::wal::recovery::{RecoveryLimits, RecoveryReport, recover};
 use crate::wal::storage::{RealStorage, Storage};
-use crate::wal::writer::{Payload, WalWriter, WriterInit, WriterMsg, spawn_writer};
+use crate::wal::writer::{DurableReply, Payload, WalWriter, WriterInit, WriterMsg, spawn_writer};
 
 thread_local! {
     /// Per-thread encode buffer, reused across pushes.
@@ -130,10 +130,19 @@ impl<T> fmt::Debug for DurableSink<T> {
 /// Outcome of [`DurableSink::enqueue_now`].
 enum Enqueue {
     Queued,
-    /// The budget or the queue is full; the message comes back.
-    NoRoom(WriterMsg),
-    /// The queue is closed (shutdown or WAL failure); the message was dropped.
+    /// The budget or the queue is full; the encoding stays with the caller and the
+    /// `push_durable` reply comes back.
+    NoRoom(Option<DurableReply>),
+    /// The queue is closed (shutdown or WAL failure); nothing was queued.
     Closed,
+}
+
+/// The message for a record whose bytes the queue copied into its arena at `at`.
+fn queued_record(at: BytesAt, durable: Option<DurableReply>) -> WriterMsg {
+    WriterMsg::Record {
+        payload: Payload::Queued(at),
+        durable,
+    }
 }
 
 /// Gives back reserved budget if a push is abandoned before its record is queued.
@@ -324,9 +333,14 @@ impl<T: Send + 'static> DurableSink<T> {
         Ok((sink, SinkHandle::new(task, thread)))
     }
 
-    /// Encodes on the caller's thread into a reused thread-local buffer; a typical
-    /// record then travels inline in the queue message, with no allocation.
-    fn encode(&self, record: &T) -> Result<Payload, SinkError> {
+    /// Encodes `record` on the caller's thread into a reused thread-local buffer and
+    /// hands the encoding to `then` (which may take the buffer). A typical record is
+    /// then copied once, into the queue's arena, with no allocation.
+    fn with_encoded<R>(
+        &self,
+        record: &T,
+        then: impl FnOnce(&mut Vec<u8>) -> R,
+    ) -> Result<R, SinkError> {
         let inner = &*self.inner;
         if let Some(e) = inner.shared.failure() {
             return Err(e);
@@ -354,7 +368,7 @@ impl<T: Send + 'static> DurableSink<T> {
                     limit: inner.max_record_bytes,
                 });
             }
-            Ok(Payload::take(buf))
+            Ok(then(buf))
         })
     }
 
@@ -379,39 +393,52 @@ impl<T: Send + 'static> DurableSink<T> {
     /// - `TooLarge`, `Encode`: this record cannot be accepted;
     /// - `Closed`: the sink has shut down; `Io`: the WAL failed earlier.
     pub fn try_push(&self, record: T) -> Result<(), SinkError> {
-        let inner = &*self.inner;
-        if inner.overflow == Overflow::Block {
+        if self.inner.overflow == Overflow::Block {
             return Err(SinkError::Overflow);
         }
-        let payload = self.encode(&record)?;
-        let bytes = frame_bytes(payload.len());
-        let msg = WriterMsg::Record {
-            payload,
-            durable: None,
-        };
-        match self.enqueue_now(msg, bytes) {
+        match self.with_encoded(&record, |buf| self.enqueue_now(buf, None))? {
             Enqueue::Queued => Ok(()),
             Enqueue::NoRoom(_) => Err(self.count_drop()),
             Enqueue::Closed => Err(self.closed_error()),
         }
     }
 
-    /// Queues `msg` if the disk budget and the queue both have room right now (counted
-    /// in `pushed`). Otherwise nothing is kept: the budget is given back and the
-    /// message returned.
-    fn enqueue_now(&self, msg: WriterMsg, bytes: u64) -> Enqueue {
+    /// Queues the encoded record in `buf` if the disk budget and the queue both have
+    /// room right now (counted in `pushed` by the queue): a small one is copied into the queue's
+    /// arena, a large one moves out of `buf`. Otherwise nothing is kept: the budget is
+    /// given back, `buf` holds the encoding again and `durable` comes back.
+    fn enqueue_now(&self, buf: &mut Vec<u8>, durable: Option<DurableReply>) -> Enqueue {
         let inner = &*self.inner;
+        let bytes = frame_bytes(buf.len());
         if !inner.shared.try_reserve(bytes) {
-            return Enqueue::NoRoom(msg);
+            return Enqueue::NoRoom(durable);
         }
-        match inner.tx.try_send(msg) {
-            Ok(()) => {
-                inner.shared.pushed.add(1, &inner.shared.metrics.pushed);
-                Enqueue::Queued
-            }
-            Err(TrySendError::Full(msg)) => {
+        let sent = if buf.len() <= MAX_ARENA_BYTES {
+            inner.tx.try_send_bytes(buf, durable, queued_record)
+        } else {
+            let msg = WriterMsg::Record {
+                payload: Payload::Heap(std::mem::take(buf)),
+                durable,
+            };
+            inner.tx.try_send_counted(msg).map_err(|refused| {
+                refused.map(|msg| match msg {
+                    WriterMsg::Record {
+                        payload: Payload::Heap(v),
+                        durable,
+                    } => {
+                        *buf = v;
+                        durable
+                    }
+                    // Not what was sent: cannot happen, and needs nothing back.
+                    _ => None,
+                })
+            })
+        };
+        match sent {
+            Ok(()) => Enqueue::Queued,
+            Err(TrySendError::Full(durable)) => {
                 inner.shared.release(bytes);
-                Enqueue::NoRoom(msg)
+                Enqueue::NoRoom(durable)
             }
             Err(TrySendError::Closed(_)) => {
                 inner.shared.release(bytes);
@@ -454,26 +481,33 @@ impl<T: Send + 'static> DurableSink<T> {
         rx.await.map_err(|_| self.closed_error())?
     }
 
-    async fn send(
-        &self,
-        record: T,
-        durable: Option<crate::wal::writer::DurableReply>,
-    ) -> Result<(), SinkError> {
+    async fn send(&self, record: T, durable: Option<DurableReply>) -> Result<(), SinkError> {
         let inner = &*self.inner;
-        let payload = self.encode(&record)?;
-        let bytes = frame_bytes(payload.len());
         // Fast path, as `try_push`: room in the budget and in the queue right now. A
         // caller here may overtake one that waits below; each keeps its own order.
-        let msg = match self.enqueue_now(WriterMsg::Record { payload, durable }, bytes) {
-            Enqueue::Queued => return Ok(()),
-            Enqueue::NoRoom(msg) => msg,
-            Enqueue::Closed => return Err(self.closed_error()),
+        let waiting = self.with_encoded(&record, |buf| match self.enqueue_now(buf, durable) {
+            Enqueue::Queued => Ok(None),
+            // The encoding must outlive the wait (the thread's buffer serves others).
+            Enqueue::NoRoom(durable) => Ok(Some((std::mem::take(buf), durable))),
+            Enqueue::Closed => Err(()),
+        })?;
+        let (encoded, durable) = match waiting {
+            Ok(None) => return Ok(()),
+            Ok(Some(w)) => w,
+            Err(()) => return Err(self.closed_error()),
         };
+        let bytes = frame_bytes(encoded.len());
         let reservation = self.reserve_waiting(bytes).await?;
         let permit = inner.tx.reserve().await.map_err(|_| self.closed_error())?;
         reservation.commit();
-        permit.send(msg);
-        inner.shared.pushed.add(1, &inner.shared.metrics.pushed);
+        if encoded.len() <= MAX_ARENA_BYTES {
+            permit.send_bytes(&encoded, durable, queued_record);
+        } else {
+            permit.send_counted(WriterMsg::Record {
+                payload: Payload::Heap(encoded),
+                durable,
+            });
+        }
         Ok(())
     }
 
@@ -567,7 +601,7 @@ impl<T: Send + 'static> DurableSink<T> {
         // Load `taken` first: `pushed` only grows, so the difference never goes
         // negative in a way that matters (saturating either way).
         let taken = s.taken.load(Ordering::Relaxed);
-        let queued = s.pushed.get().saturating_sub(taken);
+        let queued = self.inner.tx.counted().saturating_sub(taken);
         let written = s.written_seq.load(Ordering::Acquire);
         let acked = s.acked_seq.load(Ordering::Acquire);
         queued.saturating_add(written.saturating_sub(acked))
@@ -577,7 +611,7 @@ impl<T: Send + 'static> DurableSink<T> {
     pub fn stats(&self) -> SinkStats {
         let s = &self.inner.shared;
         SinkStats {
-            pushed: s.pushed.get(),
+            pushed: self.inner.tx.counted(),
             dropped: s.dropped.get(),
             pending: self.pending(),
             written_seq: s.written_seq.load(Ordering::Acquire),

@@ -21,14 +21,27 @@ fn thread_cpu_ns() -> u64 {
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
-/// Runs `work` (the timed loop over pre-built messages) on a thread named `name`, so
-/// `perf report --comm pusher` shows the push path alone, and prints its cost.
-fn timed(name: &str, n: usize, verb: &str, what: &str, work: impl FnOnce() + Send + 'static) {
+/// On a thread named `name` (so `perf report --comm pusher` shows the push path
+/// alone), builds the messages with `build` (as a service builds records on the thread
+/// that pushes them), then times `work` over them and prints its cost.
+fn timed<M: Send + 'static>(
+    name: &str,
+    n: usize,
+    verb: &str,
+    what: &str,
+    build: impl FnOnce() -> Vec<M> + Send + 'static,
+    work: impl FnOnce(Vec<M>) + Send + 'static,
+) {
+    let comm = std::ffi::CString::new(name).expect("thread name");
     let (wall, cpu) = std::thread::Builder::new()
-        .name(name.into())
+        .name("builder".into())
         .spawn(move || {
+            let msgs = build();
+            // Renamed once the messages are built, so `--comm` selects the timed loop.
+            // SAFETY: PR_SET_NAME reads a NUL-terminated string through a valid pointer.
+            unsafe { libc::prctl(libc::PR_SET_NAME, comm.as_ptr()) };
             let (start, cpu) = (Instant::now(), thread_cpu_ns());
-            work();
+            work(msgs);
             (
                 start.elapsed().as_nanos() as f64,
                 (thread_cpu_ns() - cpu) as f64,
@@ -65,9 +78,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     if bytes {
         let (sink, handle) =
             rt.block_on(DurableSink::<Vec<u8>>::open(cfg, Noop, shutdown.clone()))?;
-        let msgs: Vec<Vec<u8>> = (0..n).map(|_| vec![7u8; 100]).collect();
         let s = sink.clone();
-        timed("pusher", n, "push", "Vec<u8>", move || {
+        let build = move || (0..n).map(|_| vec![7u8; 100]).collect();
+        timed("pusher", n, "push", "Vec<u8>", build, move |msgs| {
             for m in msgs {
                 s.try_push(m).expect("room");
             }
@@ -81,9 +94,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             Noop,
             shutdown.clone(),
         ))?;
-        let msgs: Vec<_> = (0..n as u64).map(event).collect();
         let s = sink.clone();
-        timed("pusher", n, "push", "event", move || {
+        let build = move || (0..n as u64).map(event).collect();
+        timed("pusher", n, "push", "event", build, move |msgs| {
             for m in msgs {
                 s.try_push(m).expect("room");
             }
@@ -96,8 +109,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 buf.clear();
             }
         });
-        let msgs: Vec<_> = (0..n as u64).map(event).collect();
-        timed("baseline", n, "send", "mpsc baseline, event", move || {
+        let build = move || (0..n as u64).map(event).collect();
+        timed("baseline", n, "send", "mpsc baseline, event", build, move |msgs| {
             for m in msgs {
                 tx.try_send(m).expect("room");
             }

@@ -55,6 +55,7 @@ use super::segment::{SegmentInfo, SegmentSet, create_segment, segment_path};
 use super::storage::{Storage, StorageFile};
 use crate::config::Durability;
 use crate::error::SinkError;
+use crate::inbox::{Arena, Taken};
 use crate::shared::Shared;
 
 mod message;
@@ -96,6 +97,14 @@ enum Stop {
     NoSpace(io::Error),
     /// Anything else: sticky failure.
     Fatal(io::Error),
+}
+
+/// A queued payload that is not in the arena of its take: a bug in this crate. The
+/// sink fails (sticky) instead of writing other bytes under the record's seq.
+fn missing_payload() -> Stop {
+    Stop::Fatal(io::Error::other(
+        "internal error: a queued record's bytes are missing from the queue arena",
+    ))
 }
 
 fn is_no_space(e: &io::Error) -> bool {
@@ -191,14 +200,17 @@ impl WalWriter {
 
     /// Adds the records handled so far to `Shared::taken`: they no longer count as
     /// queued in `pending()`. Done before `written_seq` moves and before a flush is
-    /// forwarded, so a record is never counted both as queued and as written.
+    /// forwarded, so a record is never counted both as queued and as written. The
+    /// `pushed_total` metric is counted here too, once per round rather than once per
+    /// push on the producers' hot path (so it trails acceptance by one writer round).
     fn tally(&mut self) {
         let n = std::mem::take(&mut self.untallied);
         if n > 0 {
-            self.init
-                .shared
+            let shared = &self.init.shared;
+            shared
                 .taken
                 .fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+            shared.metrics.pushed.increment(n);
         }
     }
 
@@ -408,6 +420,7 @@ impl WalWriter {
     fn handle(
         &mut self,
         msg: &mut WriterMsg,
+        arena: &Arena,
         flushes: &mpsc::UnboundedSender<FlushRequest>,
     ) -> Option<(Stop, bool)> {
         if self.failed.is_some() {
@@ -415,7 +428,11 @@ impl WalWriter {
             return None;
         }
         match msg {
-            WriterMsg::Record { payload, durable } => match self.append(payload.as_slice()) {
+            WriterMsg::Record { payload, durable } => match payload
+                .bytes(arena)
+                .ok_or_else(missing_payload)
+                .and_then(|bytes| self.append(bytes))
+            {
                 Ok(seq) => {
                     self.untallied += 1;
                     if let Some(tx) = durable.take() {
@@ -460,12 +477,14 @@ impl WalWriter {
     /// `held` for the next attempt.
     fn process(
         &mut self,
-        incoming: &mut [Vec<WriterMsg>],
+        incoming: &mut Taken<WriterMsg>,
         flushes: &mpsc::UnboundedSender<FlushRequest>,
     ) -> Progress {
+        let Taken { msgs, arena } = incoming;
         let mut held = std::mem::take(&mut self.held);
         while let Some(mut msg) = held.pop_front() {
-            match self.handle(&mut msg, flushes) {
+            // Held messages own their payloads (see `hold_rest`).
+            match self.handle(&mut msg, &Arena::default(), flushes) {
                 None => {}
                 Some((Stop::NoSpace(e), consumed)) => {
                     // Keep the order: this message (unless consumed), the rest, then
@@ -473,8 +492,8 @@ impl WalWriter {
                     if !consumed {
                         held.push_front(msg);
                     }
-                    held.extend(incoming.iter_mut().flat_map(|c| c.drain(..)));
                     self.held = held;
+                    self.hold_rest(msgs, 0, 0, arena);
                     return self.stall(e);
                 }
                 Some((Stop::Fatal(e), consumed)) => {
@@ -485,24 +504,19 @@ impl WalWriter {
                 }
             }
         }
-        for c in 0..incoming.len() {
+        for c in 0..msgs.len() {
             let mut i = 0;
-            while let Some(msg) = incoming.get_mut(c).and_then(|chunk| chunk.get_mut(i)) {
-                match self.handle(msg, flushes) {
+            while let Some(msg) = msgs.get_mut(c).and_then(|chunk| chunk.get_mut(i)) {
+                match self.handle(msg, arena, flushes) {
                     None => {}
                     Some((Stop::NoSpace(e), consumed)) => {
                         let from = if consumed { i + 1 } else { i };
-                        for (k, chunk) in incoming.iter_mut().enumerate().skip(c) {
-                            let start = if k == c { from.min(chunk.len()) } else { 0 };
-                            self.held.extend(chunk.drain(start..));
-                            chunk.clear();
-                        }
+                        self.hold_rest(msgs, c, from, arena);
                         return self.stall(e);
                     }
                     Some((Stop::Fatal(e), consumed)) => {
                         self.fail(e);
-                        if !consumed
-                            && let Some(msg) = incoming.get_mut(c).and_then(|ch| ch.get_mut(i))
+                        if !consumed && let Some(msg) = msgs.get_mut(c).and_then(|ch| ch.get_mut(i))
                         {
                             self.refuse(msg);
                         }
@@ -510,7 +524,7 @@ impl WalWriter {
                 }
                 i += 1;
             }
-            if let Some(chunk) = incoming.get_mut(c) {
+            if let Some(chunk) = msgs.get_mut(c) {
                 // Handled: every reply was taken, so dropping them does nothing.
                 chunk.clear();
             }
@@ -540,6 +554,22 @@ impl WalWriter {
                 self.fail(e);
                 Progress::Done
             }
+        }
+    }
+
+    /// Moves the unhandled messages of a take (from message `from` of chunk `c` on) to
+    /// `held`, in order, copying their payloads out of the arena: the take's chunks go
+    /// back to the queue before they are retried.
+    fn hold_rest(&mut self, msgs: &mut [Vec<WriterMsg>], c: usize, from: usize, arena: &Arena) {
+        for (k, chunk) in msgs.iter_mut().enumerate().skip(c) {
+            let start = if k == c { from.min(chunk.len()) } else { 0 };
+            for mut msg in chunk.drain(start..) {
+                if let WriterMsg::Record { payload, .. } = &mut msg {
+                    payload.detach(arena);
+                }
+                self.held.push_back(msg);
+            }
+            chunk.clear();
         }
     }
 

@@ -1,54 +1,48 @@
-//! What producers send the writer thread: encoded records (inline when small) and
-//! requests, in FIFO order through [`crate::inbox`].
+//! What producers send the writer thread: encoded records (their bytes in the queue's
+//! arena when small) and requests, in FIFO order through [`crate::inbox`].
 
 use tokio::sync::oneshot;
 
 use crate::error::SinkError;
+use crate::inbox::{Arena, BytesAt};
 
-/// Payloads up to this many bytes travel inside the queue message, so a typical
-/// record costs no allocation between the producer and the writer.
-pub(crate) const INLINE_PAYLOAD_BYTES: usize = 119;
-const _: () = assert!(INLINE_PAYLOAD_BYTES <= u8::MAX as usize);
-
-/// An encoded record on its way to the writer: inline when small, else on the heap.
+/// An encoded record on its way to the writer: in the queue's arena when small (copied
+/// there once, under the queue lock), else in its own allocation.
 #[derive(Debug)]
 pub(crate) enum Payload {
-    /// `bytes[..len]`.
-    Inline {
-        /// Bytes used.
-        len: u8,
-        /// Storage.
-        bytes: [u8; INLINE_PAYLOAD_BYTES],
-    },
-    /// A larger payload.
+    /// In the arena of the take that holds the message.
+    Queued(BytesAt),
+    /// A larger payload, or one detached from the arena.
     Heap(Vec<u8>),
 }
 
 impl Payload {
-    /// Takes the encoding in `buf`: copied inline if it fits, else moved (leaving `buf`
-    /// empty).
-    pub(crate) fn take(buf: &mut Vec<u8>) -> Self {
-        if buf.len() <= INLINE_PAYLOAD_BYTES {
-            let mut bytes = [0u8; INLINE_PAYLOAD_BYTES];
-            bytes[..buf.len()].copy_from_slice(buf);
-            Self::Inline {
-                len: buf.len() as u8,
-                bytes,
-            }
-        } else {
-            Self::Heap(std::mem::take(buf))
-        }
-    }
-
-    pub(crate) fn as_slice(&self) -> &[u8] {
+    /// The bytes; `None` if a queued payload is not in `arena` (a bug: the caller
+    /// fails the sink rather than write something else).
+    pub(crate) fn bytes<'a>(&'a self, arena: &'a Arena) -> Option<&'a [u8]> {
         match self {
-            Self::Inline { len, bytes } => bytes.get(..*len as usize).unwrap_or_default(),
-            Self::Heap(v) => v,
+            Self::Queued(at) => arena.get(*at),
+            Self::Heap(v) => Some(v),
         }
     }
 
     pub(crate) fn len(&self) -> usize {
-        self.as_slice().len()
+        match self {
+            Self::Queued(at) => at.len(),
+            Self::Heap(v) => v.len(),
+        }
+    }
+
+    /// Copies a queued payload out of `arena`, for a message that outlives its take
+    /// (held while the disk is full). A payload missing from `arena` is left as it is:
+    /// its serial is older than any later take's, so `handle` finds it missing and
+    /// fails the sink.
+    pub(crate) fn detach(&mut self, arena: &Arena) {
+        if let Self::Queued(at) = self
+            && let Some(bytes) = arena.get(*at)
+        {
+            *self = Self::Heap(bytes.to_vec());
+        }
     }
 }
 

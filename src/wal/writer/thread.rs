@@ -26,7 +26,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::message::{FlushRequest, WriterMsg, waiters_in};
 use super::{NO_SPACE_RETRY_FIRST, NO_SPACE_RETRY_MAX, Progress, Stop, WalWriter};
-use crate::inbox;
+use crate::inbox::{self, Taken};
 
 /// Longest a round waits for returning waiters before its fsync (see `gather`).
 const MAX_GATHER: Duration = Duration::from_micros(500);
@@ -36,7 +36,7 @@ impl WalWriter {
     fn round(
         &mut self,
         rx: &mut inbox::Receiver<WriterMsg>,
-        chunks: &mut Vec<Vec<WriterMsg>>,
+        chunks: &mut Taken<WriterMsg>,
         flushes: &mpsc::UnboundedSender<FlushRequest>,
     ) -> Progress {
         // Counting waiters costs a pass over the take: only when gathering may apply.
@@ -55,7 +55,7 @@ impl WalWriter {
     fn linger(
         &mut self,
         rx: &mut inbox::Receiver<WriterMsg>,
-        chunks: &mut Vec<Vec<WriterMsg>>,
+        chunks: &mut Taken<WriterMsg>,
     ) -> usize {
         if self.expected_waiters == 0 {
             return 0;
@@ -81,17 +81,17 @@ impl WalWriter {
     /// 64 callers split into alternating small and large rounds (the first caller back
     /// starts a round alone). A lone caller never waits: its round already holds the one
     /// waiter expected.
-    fn gather(&self, rx: &mut inbox::Receiver<WriterMsg>, chunks: &mut Vec<Vec<WriterMsg>>) {
-        let mut waiters = waiters_in(chunks);
+    fn gather(&self, rx: &mut inbox::Receiver<WriterMsg>, chunks: &mut Taken<WriterMsg>) {
+        let mut waiters = waiters_in(&chunks.msgs);
         if waiters == 0 || waiters >= self.expected_waiters {
             return;
         }
         let deadline = std::time::Instant::now() + (self.fsync_avg / 2).min(MAX_GATHER);
         while waiters < self.expected_waiters && std::time::Instant::now() < deadline {
             std::thread::yield_now();
-            let from = chunks.len();
+            let from = chunks.msgs.len();
             if rx.try_take(chunks) > 0 {
-                waiters += waiters_in(chunks.get(from..).unwrap_or_default());
+                waiters += waiters_in(chunks.msgs.get(from..).unwrap_or_default());
             }
         }
     }
@@ -104,7 +104,7 @@ impl WalWriter {
         flushes: mpsc::UnboundedSender<FlushRequest>,
         shutdown: CancellationToken,
     ) -> Result<(), Arc<io::Error>> {
-        let mut chunks: Vec<Vec<WriterMsg>> = Vec::new();
+        let mut chunks: Taken<WriterMsg> = Taken::default();
         let mut closing = false;
         let mut stalled: Option<Duration> = None;
         loop {
@@ -120,7 +120,7 @@ impl WalWriter {
                     }
                     () = tokio::time::sleep(pause) => {}
                 }
-                match self.process(&mut [], &flushes) {
+                match self.process(&mut Taken::default(), &flushes) {
                     Progress::Done => {
                         self.init
                             .shared
