@@ -22,15 +22,16 @@
 //! - a segment: `segment_bytes`, except a segment holding a single larger record;
 //! - disk: `max_disk_bytes` counts segment bytes plus frames reserved by queued records;
 //! - memory: the queue (`queue_capacity` records, and as many again in the writer's
-//!   hands while it works through one take), the writer buffer (1 MiB plus one
+//!   hands while it works through one take; records up to 4 KiB sit in its byte
+//!   arena, which keeps at most 2 MiB of emptied chunks for reuse), the writer buffer (1 MiB plus one
 //!   frame), the reader buffer (256 KiB or one frame), one batch (`batch_size` records,
 //!   cut at 8 MiB plus one record). None of them grows with the backlog on disk.
 //!
 //! # Life of a record
 //!
 //! 1. `try_push` encodes it on the caller, reserves its frame bytes from the budget and
-//!    queues it ([`crate::inbox`]: a bounded queue that wakes the writer only when it
-//!    is idle).
+//!    queues it ([`crate::inbox`]: a bounded queue that copies a small record's bytes
+//!    once into its arena and wakes the writer only when it is idle).
 //! 2. The writer thread assigns the next seq, frames it (length, CRC-32, seq, payload),
 //!    and writes the round's frames with one `pwrite` into the active segment, which
 //!    was preallocated when it was created. Then it publishes the segment's logical

@@ -156,6 +156,27 @@ impl WalReader {
                 // segment is preallocated zeros it will overwrite).
                 cur.scanner.set_valid_len(len);
             }
+            // Frames already buffered, in one tight loop; anything else (a refill,
+            // damage, the end) goes through `next_step` below.
+            let mut position = self.position;
+            let taken = cur.scanner.take_buffered(|seq, payload| {
+                if seq > written_seq
+                    || out.len() >= max_records
+                    || (!out.is_empty() && out.data.len() >= max_bytes)
+                {
+                    return false;
+                }
+                if seq >= position {
+                    lost += seq - position;
+                    out.push(seq, payload);
+                    position = seq + 1;
+                }
+                true
+            });
+            self.position = position;
+            if taken > 0 {
+                continue;
+            }
             match cur.scanner.next_step()? {
                 ScanStep::Frame { seq, payload } => {
                     if seq < self.position {

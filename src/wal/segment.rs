@@ -402,6 +402,53 @@ impl SegmentScanner {
         }
     }
 
+    /// The common case in one tight loop: consecutive valid frames whose bytes are
+    /// already buffered. Each frame that passes every check [`next_step`] would make
+    /// (length limit, the expected seq, the seq window, complete in the buffer, CRC) is
+    /// offered to `take`; the scanner moves past it only if `take` returns `true`.
+    /// Stops at the first frame that is not such a frame, or that `take` declines, and
+    /// leaves it to [`next_step`] (which reads more, reports damage, or ends). Returns
+    /// how many frames were taken.
+    ///
+    /// [`next_step`]: Self::next_step
+    pub(crate) fn take_buffered(&mut self, mut take: impl FnMut(u64, &[u8]) -> bool) -> usize {
+        if self.garbage_from.is_some() {
+            return 0;
+        }
+        let mut taken = 0;
+        loop {
+            let Some(start) = usize::try_from(self.offset.saturating_sub(self.buf_offset))
+                .ok()
+                .filter(|_| self.offset >= self.buf_offset)
+            else {
+                return taken;
+            };
+            let Some(h) = self.buf.get(start..).and_then(FrameHeader::peek) else {
+                return taken;
+            };
+            if h.len as usize > self.max_payload_bytes
+                || h.seq != self.expected_seq
+                || !self.acceptable(h.seq)
+            {
+                return taken;
+            }
+            let payload_start = start + FRAME_HEADER_BYTES;
+            let Some(payload) = self
+                .buf
+                .get(payload_start..payload_start.saturating_add(h.len as usize))
+            else {
+                return taken;
+            };
+            if h.verify(payload).is_err() || !take(h.seq, payload) {
+                return taken;
+            }
+            self.offset += h.frame_len() as u64;
+            self.valid_end = self.offset;
+            self.expected_seq = h.seq + 1;
+            taken += 1;
+        }
+    }
+
     /// The next step. See [`ScanStep`].
     pub(crate) fn next_step(&mut self) -> io::Result<ScanStep<'_>> {
         if let Some(from) = self.garbage_from {

@@ -232,3 +232,97 @@ fn a_zero_tail_ends_the_scan_without_a_corruption_report() -> io::Result<()> {
     assert_eq!(trailing, 100_000);
     Ok(())
 }
+
+/// Frames (seq, payload), corruption reports, trailing bytes, frames taken in bulk.
+type Scan = (Vec<(u64, Vec<u8>)>, usize, u64, usize);
+
+/// Scans with `take_buffered` first and `next_step` for the rest, as the reader does;
+/// `take` declines every `decline_every`-th frame it is offered (0: never). Returns
+/// every frame (seq, payload), the corruption reports and the trailing bytes.
+fn scan_mixed(
+    path: &Path,
+    first_seq: u64,
+    decline_every: usize,
+) -> io::Result<Scan> {
+    let file = RealStorage.open(path, false)?;
+    let mut s = SegmentScanner::new(file, first_seq, 1 << 20);
+    let (mut frames, mut corrupt, mut offered, mut bulk) = (Vec::new(), 0, 0usize, 0);
+    for _ in 0..100_000 {
+        bulk += s.take_buffered(|seq, payload| {
+            offered += 1;
+            if decline_every > 0 && offered % decline_every == 0 {
+                return false;
+            }
+            frames.push((seq, payload.to_vec()));
+            true
+        });
+        match s.next_step()? {
+            ScanStep::Frame { seq, payload } => frames.push((seq, payload.to_vec())),
+            ScanStep::Corrupt { .. } => corrupt += 1,
+            ScanStep::End { trailing_bytes } => {
+                return Ok((frames, corrupt, trailing_bytes, bulk));
+            }
+        }
+    }
+    panic!("scanner did not end");
+}
+
+/// The fast path changes nothing but speed: over damaged and torn segments (flipped
+/// bytes, a seq jump, cuts anywhere), a scan that takes buffered frames in bulk (and
+/// declines some, as a full batch does) sees exactly the frames, payloads, corruption
+/// reports and trailing bytes that `next_step` alone sees.
+#[test]
+fn taking_buffered_frames_sees_what_next_step_sees() -> io::Result<()> {
+    let seed = 0x5eed_u64;
+    let mut rng = seed;
+    let mut next = move || {
+        rng = rng
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (rng >> 33) as usize
+    };
+    // Enough frames to span several 256 KiB reads.
+    let mut frames: Vec<(u64, Vec<u8>)> = (1..=3000u64)
+        .map(|s| (s, vec![s as u8; 50 + (s as usize * 37) % 400]))
+        .collect();
+    // A seq jump: records 1500..1510 lost.
+    frames.retain(|(s, _)| !(1500..1510).contains(s));
+    let (tmp, clean) = segment_with(&frames)?;
+    let path = tmp.path().join("s");
+    let (mut all, mut in_bulk, mut damaged) = (0, 0, 0);
+    for case in 0..40 {
+        let mut bytes = clean.clone();
+        for _ in 0..case % 4 {
+            let at = SEGMENT_HEADER_BYTES + next() % (bytes.len() - SEGMENT_HEADER_BYTES);
+            bytes[at] ^= 1 << (next() % 8);
+        }
+        if case % 3 == 0 {
+            let cut = SEGMENT_HEADER_BYTES + next() % (bytes.len() - SEGMENT_HEADER_BYTES);
+            bytes.truncate(cut);
+        }
+        std::fs::write(&path, &bytes)?;
+        let file = RealStorage.open(&path, false)?;
+        let mut slow = SegmentScanner::new(file, 1, 1 << 20);
+        let (mut want, mut want_corrupt) = (Vec::new(), 0);
+        let want_trailing = loop {
+            match slow.next_step()? {
+                ScanStep::Frame { seq, payload } => want.push((seq, payload.to_vec())),
+                ScanStep::Corrupt { .. } => want_corrupt += 1,
+                ScanStep::End { trailing_bytes } => break trailing_bytes,
+            }
+        };
+        for decline_every in [0, 7] {
+            let (got, corrupt, trailing, bulk) = scan_mixed(&path, 1, decline_every)?;
+            (all, in_bulk) = (all + got.len(), in_bulk + bulk);
+            damaged += usize::from(corrupt > 0);
+            let ctx = format!("seed {seed:#x}, case {case}, decline every {decline_every}");
+            assert_eq!(got.len(), want.len(), "{ctx}");
+            assert!(got == want, "frames differ; {ctx}");
+            assert_eq!((corrupt, trailing), (want_corrupt, want_trailing), "{ctx}");
+        }
+    }
+    // The comparison means something only if both paths were exercised.
+    assert!(in_bulk * 10 > all * 8, "bulk path took {in_bulk} of {all} frames");
+    assert!(damaged >= 10, "only {damaged} scans met damage");
+    Ok(())
+}
