@@ -110,11 +110,18 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             }
         });
         let build = move || (0..n as u64).map(event).collect();
-        timed("baseline", n, "send", "mpsc baseline, event", build, move |msgs| {
-            for m in msgs {
-                tx.try_send(m).expect("room");
-            }
-        });
+        timed(
+            "baseline",
+            n,
+            "send",
+            "mpsc baseline, event",
+            build,
+            move |msgs| {
+                for m in msgs {
+                    tx.try_send(m).expect("room");
+                }
+            },
+        );
         rt.block_on(sink.sync())?;
         shutdown.cancel();
         rt.block_on(handle.join())?;

@@ -239,11 +239,7 @@ type Scan = (Vec<(u64, Vec<u8>)>, usize, u64, usize);
 /// Scans with `take_buffered` first and `next_step` for the rest, as the reader does;
 /// `take` declines every `decline_every`-th frame it is offered (0: never). Returns
 /// every frame (seq, payload), the corruption reports and the trailing bytes.
-fn scan_mixed(
-    path: &Path,
-    first_seq: u64,
-    decline_every: usize,
-) -> io::Result<Scan> {
+fn scan_mixed(path: &Path, first_seq: u64, decline_every: usize) -> io::Result<Scan> {
     let file = RealStorage.open(path, false)?;
     let mut s = SegmentScanner::new(file, first_seq, 1 << 20);
     let (mut frames, mut corrupt, mut offered, mut bulk) = (Vec::new(), 0, 0usize, 0);
@@ -322,7 +318,10 @@ fn taking_buffered_frames_sees_what_next_step_sees() -> io::Result<()> {
         }
     }
     // The comparison means something only if both paths were exercised.
-    assert!(in_bulk * 10 > all * 8, "bulk path took {in_bulk} of {all} frames");
+    assert!(
+        in_bulk * 10 > all * 8,
+        "bulk path took {in_bulk} of {all} frames"
+    );
     assert!(damaged >= 10, "only {damaged} scans met damage");
     Ok(())
 }
