@@ -326,26 +326,34 @@ impl<M> Sender<M> {
     /// its requests through a [`Permit`]).
     #[cfg(test)]
     pub(crate) fn try_send(&self, msg: M) -> Result<(), TrySendError<M>> {
-        self.try_send_inner(msg, 0)
+        self.try_send_with(msg, 0, |_, msg| msg)
     }
 
     /// As [`try_send`](Self::try_send), and counts the message in
     /// [`counted`](Self::counted) (the sink counts accepted records this way, inside
     /// the critical section it pays anyway).
     pub(crate) fn try_send_counted(&self, msg: M) -> Result<(), TrySendError<M>> {
-        self.try_send_inner(msg, 1)
+        self.try_send_with(msg, 1, |_, msg| msg)
     }
 
-    fn try_send_inner(&self, msg: M, count: u64) -> Result<(), TrySendError<M>> {
+    /// The one non-waiting send: under the lock, checks for room, then queues the
+    /// message `build` makes (it may put bytes in the arena first) and counts it.
+    fn try_send_with<X>(
+        &self,
+        extra: X,
+        count: u64,
+        build: impl FnOnce(&mut State<M>, X) -> M,
+    ) -> Result<(), TrySendError<X>> {
         let chan = &*self.chan;
         {
             let mut st = chan.lock();
             if st.closed {
-                return Err(TrySendError::Closed(msg));
+                return Err(TrySendError::Closed(extra));
             }
             if st.queued + st.reserved >= chan.capacity {
-                return Err(TrySendError::Full(msg));
+                return Err(TrySendError::Full(extra));
             }
+            let msg = build(&mut st, extra);
             st.push(msg);
             st.counted += count;
         }
@@ -370,21 +378,7 @@ impl<M> Sender<M> {
         make: impl FnOnce(BytesAt, X) -> M,
     ) -> Result<(), TrySendError<X>> {
         debug_assert!(bytes.len() <= MAX_ARENA_BYTES);
-        let chan = &*self.chan;
-        {
-            let mut st = chan.lock();
-            if st.closed {
-                return Err(TrySendError::Closed(extra));
-            }
-            if st.queued + st.reserved >= chan.capacity {
-                return Err(TrySendError::Full(extra));
-            }
-            let at = st.push_bytes(bytes);
-            st.push(make(at, extra));
-            st.counted += 1;
-        }
-        chan.wake_receiver();
-        Ok(())
+        self.try_send_with(extra, 1, |st, x| make(st.push_bytes(bytes), x))
     }
 
     /// Waits for room and reserves it. Cancel safe: a dropped future reserved nothing.
@@ -436,48 +430,27 @@ impl<M> Permit<'_, M> {
     /// Queues `msg` in the reserved room. After the receiver was dropped, `msg` is
     /// dropped (as with a closed tokio channel).
     pub(crate) fn send(self, msg: M) {
-        self.send_inner(msg, 0);
+        self.send_with(msg, 0, |_, msg| msg);
     }
 
     /// As [`send`](Self::send), and counts the message (see [`Sender::counted`]),
     /// unless the receiver was dropped.
     pub(crate) fn send_counted(self, msg: M) {
-        self.send_inner(msg, 1);
+        self.send_with(msg, 1, |_, msg| msg);
     }
 
-    fn send_inner(mut self, msg: M, count: u64) {
-        let Some(sender) = self.sender.take() else {
-            return;
-        };
-        let chan = &*sender.chan;
-        let dropped = {
-            let mut st = chan.lock();
-            st.reserved -= 1;
-            if st.receiver_gone {
-                Some(msg)
-            } else {
-                st.push(msg);
-                st.counted += count;
-                None
-            }
-        };
-        // Outside the lock: dropping a message may run arbitrary drop code.
-        drop(dropped);
-        chan.wake_receiver();
-    }
-}
-
-impl<M> Permit<'_, M> {
     /// Queues `make(at, extra)` in the reserved room after copying `bytes` (at most
     /// [`MAX_ARENA_BYTES`]) into the arena, as [`Sender::try_send_bytes`]. After the
     /// receiver was dropped, nothing is queued and the message is never built.
-    pub(crate) fn send_bytes<X>(
-        mut self,
-        bytes: &[u8],
-        extra: X,
-        make: impl FnOnce(BytesAt, X) -> M,
-    ) {
+    pub(crate) fn send_bytes<X>(self, bytes: &[u8], extra: X, make: impl FnOnce(BytesAt, X) -> M) {
         debug_assert!(bytes.len() <= MAX_ARENA_BYTES);
+        self.send_with(extra, 1, |st, x| make(st.push_bytes(bytes), x));
+    }
+
+    /// The one send through a permit: under the lock, gives the room back and queues
+    /// the message `build` makes, unless the receiver is gone (then `extra` is dropped,
+    /// outside the lock: dropping may run arbitrary drop code).
+    fn send_with<X>(mut self, extra: X, count: u64, build: impl FnOnce(&mut State<M>, X) -> M) {
         let Some(sender) = self.sender.take() else {
             return;
         };
@@ -488,13 +461,12 @@ impl<M> Permit<'_, M> {
             if st.receiver_gone {
                 Some(extra)
             } else {
-                let at = st.push_bytes(bytes);
-                st.push(make(at, extra));
-                st.counted += 1;
+                let msg = build(&mut st, extra);
+                st.push(msg);
+                st.counted += count;
                 None
             }
         };
-        // Outside the lock: dropping may run arbitrary drop code.
         drop(dropped);
         chan.wake_receiver();
     }
