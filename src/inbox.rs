@@ -329,11 +329,16 @@ impl<M> Sender<M> {
         self.try_send_with(msg, 0, |_, msg| msg)
     }
 
-    /// As [`try_send`](Self::try_send), and counts the message in
-    /// [`counted`](Self::counted) (the sink counts accepted records this way, inside
-    /// the critical section it pays anyway).
-    pub(crate) fn try_send_counted(&self, msg: M) -> Result<(), TrySendError<M>> {
-        self.try_send_with(msg, 1, |_, msg| msg)
+    /// Queues the message `make(extra)` if there is room, without waiting, and counts
+    /// it in [`counted`](Self::counted) (the sink counts accepted records this way,
+    /// inside the critical section it pays anyway). `make` runs under the lock: it
+    /// must only build the message. When refused, `extra` comes back.
+    pub(crate) fn try_send_counted<X>(
+        &self,
+        extra: X,
+        make: impl FnOnce(X) -> M,
+    ) -> Result<(), TrySendError<X>> {
+        self.try_send_with(extra, 1, |_, x| make(x))
     }
 
     /// The one non-waiting send: under the lock, checks for room, then queues the
@@ -695,9 +700,12 @@ mod tests {
         let a = tx.reserve().await.expect("room");
         let b = tx.reserve().await.expect("room");
         assert!(matches!(tx.try_send(1), Err(TrySendError::Full(1))));
-        assert!(matches!(tx.try_send_counted(1), Err(TrySendError::Full(1))));
+        assert!(matches!(
+            tx.try_send_counted(1, |m| m),
+            Err(TrySendError::Full(1))
+        ));
         drop(a);
-        tx.try_send_counted(1).expect("a's room came back");
+        tx.try_send_counted(1, |m| m).expect("a's room came back");
         b.send(2);
         assert_eq!(tx.counted(), 1, "only the accepted, counted message");
         let mut out = Taken::default();

@@ -404,9 +404,10 @@ impl<T: Send + 'static> DurableSink<T> {
     }
 
     /// Queues the encoded record in `buf` if the disk budget and the queue both have
-    /// room right now (counted in `pushed` by the queue): a small one is copied into the queue's
-    /// arena, a large one moves out of `buf`. Otherwise nothing is kept: the budget is
-    /// given back, `buf` holds the encoding again and `durable` comes back.
+    /// room right now (counted in `pushed` by the queue): a small one is copied into
+    /// the queue's arena, a large one moves out of `buf`. Otherwise nothing is kept:
+    /// the budget is given back, `buf` holds the encoding again and `durable` comes
+    /// back.
     fn enqueue_now(&self, buf: &mut Vec<u8>, durable: Option<DurableReply>) -> Enqueue {
         let inner = &*self.inner;
         let bytes = frame_bytes(buf.len());
@@ -416,23 +417,19 @@ impl<T: Send + 'static> DurableSink<T> {
         let sent = if buf.len() <= MAX_ARENA_BYTES {
             inner.tx.try_send_bytes(buf, durable, queued_record)
         } else {
-            let msg = WriterMsg::Record {
-                payload: Payload::Heap(std::mem::take(buf)),
-                durable,
-            };
-            inner.tx.try_send_counted(msg).map_err(|refused| {
-                refused.map(|msg| match msg {
-                    WriterMsg::Record {
-                        payload: Payload::Heap(v),
-                        durable,
-                    } => {
+            let large = (std::mem::take(buf), durable);
+            inner
+                .tx
+                .try_send_counted(large, |(v, durable)| WriterMsg::Record {
+                    payload: Payload::Heap(v),
+                    durable,
+                })
+                .map_err(|refused| {
+                    refused.map(|(v, durable)| {
                         *buf = v;
                         durable
-                    }
-                    // Not what was sent: cannot happen, and needs nothing back.
-                    _ => None,
+                    })
                 })
-            })
         };
         match sent {
             Ok(()) => Enqueue::Queued,

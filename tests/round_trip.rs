@@ -193,3 +193,63 @@ async fn sync_then_reopen_finds_every_record() -> Result<(), Box<dyn std::error:
     handle.join().await?;
     Ok(())
 }
+
+/// Records of every size class travel intact: empty, small (copied into the queue's
+/// byte arena), just under, at and over the arena limit (4 KiB; larger ones keep their
+/// own allocation), through `try_push`, `push` and `push_durable`, with a queue of 2
+/// slots and a disk budget of 4 segments for ~7 MB of records, so that `push` waits
+/// (its encoding must then outlive the thread's encode buffer) and `try_push` is
+/// refused (the record must come back whole, the budget given back).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_of_every_size_class_arrive_intact() -> Result<(), Box<dyn std::error::Error>> {
+    let seed = seed_or(0xb17e5);
+    let mut rng = Rng(seed);
+    let tmp = tempfile::tempdir()?;
+    let got = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let shutdown = CancellationToken::new();
+    let mut cfg = small_config(tmp.path());
+    cfg.queue_capacity = 2;
+    cfg.max_record_bytes = 100_000;
+    cfg.segment_bytes = 256 << 10;
+    cfg.max_disk_bytes = 1 << 20;
+    let (sink, handle) = DurableSink::<Vec<u8>>::open_with_codec(
+        cfg,
+        walsink::RawCodec,
+        CollectBytes(Arc::clone(&got)),
+        shutdown.clone(),
+    )
+    .await?;
+    let sizes = [0usize, 1, 100, 4095, 4096, 4097, 70_000];
+    let mut sent = Vec::new();
+    let mut refused = 0;
+    for i in 0..600u32 {
+        let size = sizes[rng.below(sizes.len())];
+        let mut record = vec![(i % 251) as u8; size];
+        if let Some(first) = record.first_mut() {
+            *first = rng.next() as u8;
+        }
+        match i % 3 {
+            0 => match sink.try_push(record.clone()) {
+                Ok(()) => sent.push(record),
+                Err(walsink::SinkError::Overflow) => refused += 1,
+                Err(e) => return Err(format!("seed {seed:#x}: {e}").into()),
+            },
+            1 => {
+                sink.push(record.clone()).await?;
+                sent.push(record);
+            }
+            _ => {
+                sink.push_durable(record.clone()).await?;
+                sent.push(record);
+            }
+        }
+    }
+    sink.flush().await?;
+    let got = got.lock().map_err(|e| e.to_string())?.clone();
+    assert_eq!(got.len(), sent.len(), "seed {seed:#x}: {refused} refused");
+    assert!(got == sent, "seed {seed:#x}: records differ");
+    assert_eq!(sink.stats().pushed, sent.len() as u64, "seed {seed:#x}");
+    shutdown.cancel();
+    handle.join().await?;
+    Ok(())
+}
