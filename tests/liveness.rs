@@ -46,22 +46,40 @@ async fn a_single_record_into_an_idle_sink_is_delivered() -> Result<(), Box<dyn 
     Ok(())
 }
 
-/// A partial batch is held for the interval (batching works), not delivered record by
-/// record: ten quick pushes arrive as fewer than ten batches.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn records_pushed_together_are_batched() -> Result<(), Box<dyn std::error::Error>> {
-    let tmp = tempfile::tempdir()?;
-    let mut cfg = small_config(tmp.path());
+/// A sink that delivers only full batches of 10 (its interval is an hour), with a
+/// drain that logs the records and reports each batch's size.
+async fn open_batching(
+    dir: &std::path::Path,
+) -> Result<
+    (
+        DurableSink<u64>,
+        walsink::SinkHandle,
+        CancellationToken,
+        Log,
+        mpsc::UnboundedReceiver<usize>,
+    ),
+    Box<dyn std::error::Error>,
+> {
+    let mut cfg = small_config(dir);
     cfg.flush_interval = Duration::from_secs(3600);
     cfg.batch_size = 10;
     let log = new_log();
-    let (tx, mut batches) = mpsc::unbounded_channel();
+    let (tx, batches) = mpsc::unbounded_channel();
     let drain = Collect {
         log: log.clone(),
         batches: Some(tx),
     };
     let shutdown = CancellationToken::new();
     let (sink, handle) = DurableSink::<u64>::open(cfg, drain, shutdown.clone()).await?;
+    Ok((sink, handle, shutdown, log, batches))
+}
+
+/// A partial batch is held for the interval (batching works), not delivered record by
+/// record: ten quick pushes arrive as fewer than ten batches.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_pushed_together_are_batched() -> Result<(), Box<dyn std::error::Error>> {
+    let tmp = tempfile::tempdir()?;
+    let (sink, handle, shutdown, log, mut batches) = open_batching(tmp.path()).await?;
     for i in 0..10u64 {
         sink.try_push(i)?;
     }
@@ -84,17 +102,7 @@ async fn records_pushed_together_are_batched() -> Result<(), Box<dyn std::error:
 async fn every_full_batch_wakes_delivery_without_the_deadline()
 -> Result<(), Box<dyn std::error::Error>> {
     let tmp = tempfile::tempdir()?;
-    let mut cfg = small_config(tmp.path());
-    cfg.flush_interval = Duration::from_secs(3600);
-    cfg.batch_size = 10;
-    let log = new_log();
-    let (tx, mut batches) = mpsc::unbounded_channel();
-    let drain = Collect {
-        log: log.clone(),
-        batches: Some(tx),
-    };
-    let shutdown = CancellationToken::new();
-    let (sink, handle) = DurableSink::<u64>::open(cfg, drain, shutdown.clone()).await?;
+    let (sink, handle, shutdown, log, mut batches) = open_batching(tmp.path()).await?;
     for batch in 0..20u64 {
         for i in 0..10u64 {
             sink.try_push(batch * 10 + i)?;
