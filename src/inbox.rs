@@ -62,7 +62,7 @@ use crate::shared::CachePadded;
 /// this, so a burst never reallocates (and copies) the whole backlog under the lock.
 const CHUNK: usize = 256;
 
-/// Bytes per arena chunk (a message's bytes may make a chunk larger, never split).
+/// Bytes per arena chunk. A message's bytes never straddle two chunks.
 const ARENA_CHUNK_BYTES: usize = 64 << 10;
 /// Largest byte string a message may carry in the arena; larger ones travel on their
 /// own allocation inside the message.
