@@ -24,6 +24,10 @@ use crate::{
 struct Faults {
     fail_sync: AtomicBool,
     fail_write: AtomicBool,
+    /// While set, fsyncs wait (spinning on the caller's thread) until it is cleared.
+    hold_sync: AtomicBool,
+    /// Set by an fsync that is waiting on `hold_sync`.
+    in_held_sync: AtomicBool,
 }
 
 #[derive(Debug)]
@@ -81,6 +85,10 @@ impl StorageFile for FaultyFile {
         self.inner.write_all_at(buf, offset)
     }
     fn sync(&self) -> io::Result<()> {
+        while self.faults.hold_sync.load(Ordering::SeqCst) {
+            self.faults.in_held_sync.store(true, Ordering::SeqCst);
+            std::thread::yield_now();
+        }
         if self.faults.fail_sync.load(Ordering::SeqCst) {
             return Err(io::Error::other("injected EIO on fsync"));
         }
@@ -317,6 +325,134 @@ async fn shutdown_while_the_disk_is_full_reports_and_keeps_what_was_durable() {
         all,
         (0..20).collect::<Vec<_>>(),
         "every synced record, nothing the full disk refused"
+    );
+    shutdown.cancel();
+    handle.join().await.expect("join");
+}
+
+/// Collects byte records.
+struct CollectBytes(Arc<Mutex<Vec<Vec<u8>>>>);
+
+impl SinkDrain<Vec<u8>> for CollectBytes {
+    async fn write_batch(&mut self, batch: Batch<Vec<u8>>) -> Result<(), DrainError> {
+        self.0
+            .lock()
+            .map_err(|e| DrainError::retryable(e.to_string()))?
+            .extend(batch.into_items());
+        Ok(())
+    }
+}
+
+/// The queue's refusal and waiting paths, and records held while the disk is full,
+/// made deterministic: the writer is parked in an fsync while the queue fills (64
+/// records, a third of them over the 4 KiB arena limit), then the disk is full when
+/// it takes them. Its round rolls the 16 KiB segment a few records in, that write
+/// fails, and the rest of the take is held: copied out of the queue's arena, because
+/// the queue reuses the arena's chunks. A large record refused by the full queue
+/// comes back whole to the caller's `push`; small and large records wait for room.
+/// Once space returns, exactly the accepted records arrive, byte for byte.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_held_or_refused_by_a_full_queue_arrive_whole() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let faults = Arc::new(Faults::default());
+    let got = Arc::new(Mutex::new(Vec::new()));
+    let mut cfg = config(tmp.path());
+    cfg.max_record_bytes = 16 << 10;
+    cfg.segment_bytes = 16 << 10;
+    cfg.max_disk_bytes = 16 << 20;
+    let shutdown = CancellationToken::new();
+    let codec: Arc<dyn Codec<Vec<u8>>> = Arc::new(crate::RawCodec);
+    let storage = Arc::new(FaultyStorage {
+        faults: Arc::clone(&faults),
+    });
+    let (sink, handle) = DurableSink::open_on(
+        storage,
+        cfg,
+        codec,
+        CollectBytes(Arc::clone(&got)),
+        shutdown.clone(),
+    )
+    .await
+    .expect("open");
+    let record = |i: usize| -> Vec<u8> {
+        let len = if i.is_multiple_of(3) {
+            5000 + i
+        } else {
+            40 + i
+        };
+        (0..len).map(|k| (k * 7 + i) as u8).collect()
+    };
+    // A first record renews the seq lease: this fault fails every write, register
+    // overwrites too, which a real filesystem serves from allocated blocks (see
+    // OPERATIONS, "When the disk fills up").
+    let mut accepted = vec![record(1)];
+    sink.push(record(1)).await.expect("push");
+    sink.sync().await.expect("sync");
+
+    // Park the writer in the fsync of a durable push, then fill the queue.
+    faults.hold_sync.store(true, Ordering::SeqCst);
+    let parked = {
+        let sink = sink.clone();
+        accepted.push(record(2));
+        tokio::spawn(async move { sink.push_durable(record(2)).await })
+    };
+    while !faults.in_held_sync.load(Ordering::SeqCst) {
+        tokio::task::yield_now().await;
+    }
+    for i in 3..3 + 64 {
+        sink.try_push(record(i)).expect("the queue has room for 64");
+        accepted.push(record(i));
+    }
+    assert!(matches!(
+        sink.try_push(record(67)),
+        Err(SinkError::Overflow)
+    ));
+    // The disk is full when the writer takes them.
+    faults.fail_write.store(true, Ordering::SeqCst);
+    faults.hold_sync.store(false, Ordering::SeqCst);
+    parked
+        .await
+        .expect("task")
+        .expect("the parked push_durable was written before the disk filled");
+    // The writer holds what it took and takes nothing more: the queue refills.
+    let mut refilled = 0;
+    while refilled < 64 {
+        match sink.try_push(record(100 + refilled)) {
+            Ok(()) => {
+                accepted.push(record(100 + refilled));
+                refilled += 1;
+            }
+            Err(SinkError::Overflow) => tokio::task::yield_now().await,
+            Err(e) => panic!("unexpected {e}"),
+        }
+    }
+    assert!(sink.stats().disk_full, "the writer is not stalled");
+    // The queue is full and stays full: a large record is refused (and comes back
+    // whole to the caller's `push`), a small one too; both wait for room.
+    assert!(matches!(
+        sink.try_push(record(3 * 1000)),
+        Err(SinkError::Overflow)
+    ));
+    let waiting: Vec<_> = [3 * 1001, 3 * 1001 + 1]
+        .into_iter()
+        .map(|i| {
+            let sink = sink.clone();
+            accepted.push(record(i));
+            tokio::spawn(async move { sink.push(record(i)).await })
+        })
+        .collect();
+    faults.fail_write.store(false, Ordering::SeqCst);
+    for w in waiting {
+        w.await.expect("task").expect("push after space returned");
+    }
+    sink.flush().await.expect("flush");
+    let mut got = got.lock().expect("lock").clone();
+    assert_eq!(got.len(), accepted.len());
+    got.sort_unstable();
+    accepted.sort_unstable();
+    assert!(
+        got == accepted,
+        "delivered records differ from the accepted ones"
     );
     shutdown.cancel();
     handle.join().await.expect("join");

@@ -43,14 +43,14 @@ enum RawFile {
     Zeroed,
 }
 
-/// Raw: rounds of `callers` framed records in one pwrite + fdatasync.
-fn raw(dir: &std::path::Path, callers: usize, file: RawFile) -> (f64, Duration, Duration) {
+/// Creates `name` in `dir` laid out as `file` says, synced, for the raw loops.
+fn raw_file(dir: &std::path::Path, name: &str, file: RawFile) -> std::fs::File {
     let f = std::fs::OpenOptions::new()
         .create(true)
         .truncate(true)
         .read(true)
         .write(true)
-        .open(dir.join("raw.wal"))
+        .open(dir.join(name))
         .expect("open");
     match file {
         RawFile::Growing => {}
@@ -70,6 +70,12 @@ fn raw(dir: &std::path::Path, callers: usize, file: RawFile) -> (f64, Duration, 
         }
     }
     f.sync_all().expect("sync");
+    f
+}
+
+/// Raw: rounds of `callers` framed records in one pwrite + fdatasync.
+fn raw(dir: &std::path::Path, callers: usize, file: RawFile) -> (f64, Duration, Duration) {
+    let f = raw_file(dir, "raw.wal", file);
     let payload = [7u8; 100];
     let mut buf = Vec::new();
     let (mut seq, mut offset, mut records) = (1u64, 0u64, 0u64);
@@ -106,17 +112,7 @@ fn raw_handoff(
     callers: usize,
 ) -> (f64, Duration, Duration) {
     type Req = (Vec<u8>, tokio::sync::oneshot::Sender<()>);
-    let f = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(true)
-        .read(true)
-        .write(true)
-        .open(dir.join("handoff.wal"))
-        .expect("open");
-    // SAFETY: fallocate on a valid, open file descriptor with in-range arguments.
-    let rc = unsafe { libc::fallocate(f.as_raw_fd(), 0, 0, 1 << 30) };
-    assert_eq!(rc, 0, "fallocate failed");
-    f.sync_all().expect("sync");
+    let f = raw_file(dir, "handoff.wal", RawFile::Preallocated);
     let (tx, rx) = std::sync::mpsc::channel::<Req>();
     let io = std::thread::spawn(move || {
         let (mut buf, mut replies, mut offset, mut seq) = (Vec::new(), Vec::new(), 0u64, 1u64);
