@@ -99,10 +99,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("walsink quickstart");
     println!("  WAL:    {}", sink.dir().display());
     println!("  output: {}", out_path.display());
-    if rec.replay_seqs > 0 {
+    if rec.replay_records > 0 {
         println!(
             "  recovered up to {} undelivered records from an earlier run; they are delivered first",
-            rec.replay_seqs
+            rec.replay_records
         );
     }
 

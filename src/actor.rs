@@ -34,7 +34,6 @@
 //! point; its records stay on disk). Then it makes the cursor durable, calls
 //! `drain.close()`, and answers unfinished `flush` calls with `Closed`.
 
-use std::io;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -51,8 +50,7 @@ use crate::handle::ShutdownReport;
 use crate::shared::Shared;
 use crate::wal::cursor::Cursor;
 use crate::wal::reader::{FrameBatch, WalReader};
-use crate::wal::storage::LockGuard;
-use crate::wal::writer::FlushRequest;
+use crate::wal::writer::{FlushRequest, WriterExit};
 
 /// A batch is cut once its payloads reach this many bytes (so it holds at most this
 /// plus one record), bounding memory whatever `batch_size` is.
@@ -66,7 +64,7 @@ pub(crate) struct ActorInit<T, D> {
     pub(crate) cursor: Cursor,
     pub(crate) shared: Arc<Shared>,
     pub(crate) flushes: mpsc::UnboundedReceiver<FlushRequest>,
-    pub(crate) writer_exit: oneshot::Receiver<Result<(), Arc<io::Error>>>,
+    pub(crate) writer_exit: oneshot::Receiver<WriterExit>,
     pub(crate) shutdown: CancellationToken,
     pub(crate) stop_writer: CancellationToken,
     pub(crate) replay_through: u64,
@@ -74,7 +72,6 @@ pub(crate) struct ActorInit<T, D> {
     pub(crate) flush_interval: Duration,
     pub(crate) retry: RetryPolicy,
     pub(crate) shutdown_timeout: Duration,
-    pub(crate) lock: Box<dyn LockGuard>,
 }
 
 /// WAL-side state moved into `spawn_blocking` for each delivery.
@@ -94,8 +91,8 @@ pub(crate) struct Actor<T, D> {
     flushes: mpsc::UnboundedReceiver<FlushRequest>,
     flushes_open: bool,
     waiting: Vec<FlushRequest>,
-    writer_exit: oneshot::Receiver<Result<(), Arc<io::Error>>>,
-    writer_result: Option<Result<(), Arc<io::Error>>>,
+    writer_exit: oneshot::Receiver<WriterExit>,
+    writer_result: Option<WriterExit>,
     shutdown: CancellationToken,
     /// Cancelled when this task ends, however it ends (panic included): stops the writer.
     _stop_writer: tokio_util::sync::DropGuard,
@@ -109,7 +106,6 @@ pub(crate) struct Actor<T, D> {
     /// Every record at or below this is acknowledged (the cursor's in-memory value).
     acked_through: u64,
     rng: SplitMix64,
-    _lock: Box<dyn LockGuard>,
 }
 
 impl<T: Send + 'static, D: SinkDrain<T>> Actor<T, D> {
@@ -138,7 +134,6 @@ impl<T: Send + 'static, D: SinkDrain<T>> Actor<T, D> {
             stop_at: None,
             acked_through,
             rng: SplitMix64::from_entropy(),
-            _lock: init.lock,
         }
     }
 
@@ -217,7 +212,9 @@ impl<T: Send + 'static, D: SinkDrain<T>> Actor<T, D> {
                 biased;
                 () = self.shutdown.cancelled(), if self.stop_at.is_none() => self.begin_stop(),
                 res = &mut self.writer_exit, if self.writer_result.is_none() => {
-                    self.writer_result = Some(res.unwrap_or(Ok(())));
+                    self.writer_result = Some(res.unwrap_or_else(|_| {
+                        WriterExit::Panicked("the writer thread ended without a result".into())
+                    }));
                     self.begin_stop();
                 }
                 req = self.flushes.recv(), if self.flushes_open => match req {
@@ -313,7 +310,8 @@ impl<T: Send + 'static, D: SinkDrain<T>> Actor<T, D> {
             .set(self.shared.disk_used.load(Ordering::Relaxed) as f64);
         m.wal_segments
             .set(self.shared.wal_segments.load(Ordering::Relaxed) as f64);
-        m.pending.set(written.saturating_sub(through) as f64);
+        m.pending
+            .set(self.shared.records_between(through, written) as f64);
         self.answer_flushes();
     }
 
@@ -467,11 +465,23 @@ impl<T: Send + 'static, D: SinkDrain<T>> Actor<T, D> {
         if let Some(Err(e)) = self.on_wal(|wal| wal.cursor.persist()).await {
             tracing::error!(error = %e, "persisting the WAL cursor at shutdown failed; acknowledged records may be delivered again");
         }
-        let close_error = match self.drain.close().await {
-            Ok(()) => None,
-            Err(e) => {
+        // `close` gets what is left of `shutdown_timeout` (a drain that never finishes
+        // closing must not hang shutdown); it is polled once even when nothing is left.
+        let close_by = self
+            .stop_at
+            .unwrap_or_else(|| Instant::now() + self.shutdown_timeout);
+        let close_error = match tokio::time::timeout_at(close_by, self.drain.close()).await {
+            Ok(Ok(())) => None,
+            Ok(Err(e)) => {
                 tracing::warn!(error = %e, "drain close failed");
                 Some(e.to_string())
+            }
+            Err(_) => {
+                tracing::warn!(timeout = ?self.shutdown_timeout, "drain close did not finish within the shutdown timeout; abandoned");
+                Some(format!(
+                    "drain close timed out (shutdown_timeout {:?})",
+                    self.shutdown_timeout
+                ))
             }
         };
         self.answer_flushes();
@@ -483,19 +493,24 @@ impl<T: Send + 'static, D: SinkDrain<T>> Actor<T, D> {
         drop(self._stop_writer);
         let writer = match self.writer_result.take() {
             Some(r) => r,
-            None => (&mut self.writer_exit).await.unwrap_or(Ok(())),
+            None => (&mut self.writer_exit).await.unwrap_or_else(|_| {
+                WriterExit::Panicked("the writer thread ended without a result".into())
+            }),
         };
         let written = self.shared.written_seq.load(Ordering::Acquire);
         let report = ShutdownReport {
             acked_seq: self.acked_through,
             written_seq: written,
             synced_seq: self.shared.synced_seq.load(Ordering::Acquire),
-            left_on_disk: written.saturating_sub(self.acked_through),
+            left_on_disk: self.shared.records_between(self.acked_through, written),
             drain_close_error: close_error,
         };
         match writer {
-            Ok(()) => Ok(report),
-            Err(e) => Err(SinkError::Io(e)),
+            WriterExit::Clean => Ok(report),
+            WriterExit::Failed(e) => Err(SinkError::Io(e)),
+            WriterExit::Panicked(msg) => Err(SinkError::Internal(format!(
+                "the WAL writer thread panicked: {msg}"
+            ))),
         }
     }
 }

@@ -42,8 +42,8 @@ struct FaultyFile {
 }
 
 impl Storage for FaultyStorage {
-    fn create_dir_all(&self, path: &Path) -> io::Result<()> {
-        RealStorage.create_dir_all(path)
+    fn create_dir(&self, path: &Path) -> io::Result<()> {
+        RealStorage.create_dir(path)
     }
     fn list(&self, dir: &Path) -> io::Result<Vec<DirEntryInfo>> {
         RealStorage.list(dir)

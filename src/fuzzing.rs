@@ -173,7 +173,7 @@ pub fn directory(data: &[u8]) -> Option<u64> {
     let disk = SimDisk::new(0);
     let storage: Arc<dyn Storage> = disk.storage();
     let dir = Path::new("/fuzz/wal");
-    storage.create_dir_all(dir).ok()?;
+    crate::wal::storage::create_dir_chain(storage.as_ref(), dir).ok()?;
     let mut total_bytes = 0u64;
     for (name, body) in unpack(data) {
         let f = storage.create_new(&dir.join(&name)).ok()?;

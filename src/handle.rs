@@ -16,8 +16,9 @@ pub struct ShutdownReport {
     pub written_seq: u64,
     /// Last seq made durable (equals `written_seq` after a clean writer stop).
     pub synced_seq: u64,
-    /// Upper bound of records left on disk for the next open (0 when everything was
-    /// delivered within `shutdown_timeout`).
+    /// Records left on disk for the next open (0 when everything was delivered within
+    /// `shutdown_timeout`). Seqs a crash left unused are not counted; records found
+    /// damaged when read make the true number smaller.
     pub left_on_disk: u64,
     /// The error `drain.close()` returned, if any.
     pub drain_close_error: Option<String>,
@@ -45,6 +46,12 @@ impl SinkHandle {
         }
     }
 
+    /// Whether the delivery task has ended (tests wait on it without joining).
+    #[cfg(test)]
+    pub(crate) fn task_finished(&self) -> bool {
+        self.task.is_finished()
+    }
+
     /// Waits until the sink has shut down: the writer synced, delivery stopped (all
     /// written records acknowledged, or `shutdown_timeout` passed), the cursor made
     /// durable, `drain.close()` called, and the directory lock released.
@@ -62,15 +69,9 @@ impl SinkHandle {
     pub async fn join(mut self) -> Result<ShutdownReport, SinkError> {
         let result = match (&mut self.task).await {
             Ok(r) => r,
-            Err(e) if e.is_panic() => {
-                let payload = e.into_panic();
-                let msg = payload
-                    .downcast_ref::<String>()
-                    .cloned()
-                    .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
-                    .unwrap_or_else(|| "panic".to_string());
-                Err(SinkError::Internal(msg))
-            }
+            Err(e) if e.is_panic() => Err(SinkError::Internal(crate::wal::writer::panic_message(
+                e.into_panic().as_ref(),
+            ))),
             Err(e) => Err(SinkError::Internal(e.to_string())),
         };
         if let Some(writer) = self.writer.take() {

@@ -66,6 +66,8 @@ mod fault_tests;
 #[doc(hidden)]
 pub mod fuzzing;
 mod handle;
+#[cfg(test)]
+mod hole_tests;
 mod inbox;
 mod metrics;
 #[cfg(test)]

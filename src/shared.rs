@@ -61,6 +61,10 @@ impl Stat {
 pub(crate) struct Shared {
     pub(crate) metrics: Metrics,
     pub(crate) max_disk_bytes: u64,
+    /// Seqs that name no record, found at open (inclusive ranges, in order): what a
+    /// crash left unused between segments. Fixed for the sink's life (the writer never
+    /// leaves gaps), so backlog counts subtract them without any synchronization.
+    gaps: Vec<(u64, u64)>,
 
     pub(crate) dropped: Stat,
     pub(crate) writes: Stat,
@@ -103,10 +107,11 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
-    pub(crate) fn new(metrics: Metrics, max_disk_bytes: u64) -> Self {
+    pub(crate) fn new(metrics: Metrics, max_disk_bytes: u64, gaps: Vec<(u64, u64)>) -> Self {
         Self {
             metrics,
             max_disk_bytes,
+            gaps,
             dropped: Stat::new(),
             writes: Stat::new(),
             write_errors: Stat::new(),
@@ -128,6 +133,21 @@ impl Shared {
             data_ready: CachePadded(Notify::new()),
             room: CachePadded(Notify::new()),
         }
+    }
+
+    /// Records (not seqs) in `(acked, written]`: the seq distance less the gaps found at
+    /// open that lie in between. Bounded by the number of gaps (one per crash whose
+    /// segments are still on disk).
+    pub(crate) fn records_between(&self, acked: u64, written: u64) -> u64 {
+        let unused: u64 = self
+            .gaps
+            .iter()
+            .map(|&(lo, hi)| {
+                let (lo, hi) = (lo.max(acked.saturating_add(1)), hi.min(written));
+                if lo <= hi { hi - lo + 1 } else { 0 }
+            })
+            .sum();
+        written.saturating_sub(acked).saturating_sub(unused)
     }
 
     /// Reserves `bytes` of the disk budget; false if that would exceed it.

@@ -9,9 +9,10 @@
 //! The directory has *live* and *durable* entries (name → inode). What makes what
 //! durable:
 //! - `StorageFile::sync` (fdatasync): the file's live bytes and size become durable;
-//! - `Storage::sync_dir`: the directory's live entries (creates, renames, deletes)
-//!   become durable. Directories themselves are durable once created (a simplification:
-//!   walsink creates its directory once, at open).
+//! - `Storage::sync_dir`: the directory's live entries (creates, renames, deletes, of
+//!   files and of subdirectories) become durable. A directory is an entry of its parent
+//!   like a file: one created and never covered by a `sync_dir` of its parent is gone
+//!   after a power loss, with everything in it, durable or not.
 //!
 //! [`SimDisk::crash`] ends the current "process": every handle of the old epoch fails
 //! with EIO from then on, and locks are released. What the next epoch sees:
@@ -27,11 +28,18 @@
 //!   then never made durable by a later sync ("fsyncgate").
 //! - `space_bytes(n)`: writes beyond `n` live bytes in all files fail with ENOSPC after
 //!   writing a random prefix (as a real partial write does).
+//! - `flaky_reads(p)`: each `read_at`, and each open for reading, fails with a
+//!   transient error (EIO, EMFILE) with probability `p`/1000, drawn from the seed.
+//! - `damage(path, offset, bytes)`: overwrites bytes in both the live and the durable
+//!   image (bit rot, or a forged file), without going through a write.
+//! - `hold_syncs(true)`: every file fsync blocks until `hold_syncs(false)` (a gate to
+//!   stop a thread at a known point).
+//! - `panic_on_write(true)`: the next file write panics (a bug in the caller's thread).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 
 use crate::actor::SplitMix64;
 use crate::wal::storage::{DirEntryInfo, LockError, LockGuard, Storage, StorageFile};
@@ -80,19 +88,42 @@ fn apply(buf: &mut Vec<u8>, w: &Write) {
     }
 }
 
+/// A directory entry: a file (its inode) or a subdirectory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Node {
+    File(u64),
+    Dir,
+}
+
+impl Node {
+    fn inode(self) -> Option<u64> {
+        match self {
+            Node::File(i) => Some(i),
+            Node::Dir => None,
+        }
+    }
+}
+
 #[derive(Debug)]
 struct State {
     epoch: u64,
     inodes: HashMap<u64, Inode>,
     next_inode: u64,
-    live_entries: BTreeMap<PathBuf, u64>,
-    durable_entries: BTreeMap<PathBuf, u64>,
-    dirs: HashSet<PathBuf>,
+    live_entries: BTreeMap<PathBuf, Node>,
+    durable_entries: BTreeMap<PathBuf, Node>,
     locks: HashSet<PathBuf>,
     rng: SplitMix64,
     syncs: u64,
     fail_sync_after: Option<u64>,
     space_bytes: Option<u64>,
+    /// Per mille of reads and read-only opens that fail transiently.
+    flaky_reads: u32,
+    panic_on_write: bool,
+}
+
+/// Whether `path` is the root (always present, always durable).
+fn is_root(path: &Path) -> bool {
+    path.parent().is_none()
 }
 
 impl State {
@@ -106,9 +137,32 @@ impl State {
     fn live_bytes(&self) -> u64 {
         self.live_entries
             .values()
-            .filter_map(|i| self.inodes.get(i))
+            .filter_map(|n| n.inode())
+            .filter_map(|i| self.inodes.get(&i))
             .map(|n| n.live.len() as u64)
             .sum()
+    }
+
+    /// ENOENT unless `path`'s parent is a live directory.
+    fn check_parent(&self, path: &Path) -> io::Result<()> {
+        match path.parent() {
+            Some(p) if is_root(p) || self.live_entries.get(p) == Some(&Node::Dir) => Ok(()),
+            _ => Err(not_found(path)),
+        }
+    }
+
+    /// The file at `path`, or the error a real open gives.
+    fn file_at(&self, path: &Path) -> io::Result<u64> {
+        match self.live_entries.get(path) {
+            Some(Node::File(i)) => Ok(*i),
+            Some(Node::Dir) => Err(io::Error::from(io::ErrorKind::IsADirectory)),
+            None => Err(not_found(path)),
+        }
+    }
+
+    /// Whether this read fails transiently (drawn from the seed).
+    fn read_fails(&mut self) -> bool {
+        self.flaky_reads > 0 && self.rng.next() % 1000 < u64::from(self.flaky_reads)
     }
 
     fn sync_fails(&mut self) -> bool {
@@ -122,6 +176,8 @@ impl State {
 #[derive(Debug)]
 pub(crate) struct SimDisk {
     state: Mutex<State>,
+    /// `hold_syncs`: while the flag is set, fsyncs wait on the condvar.
+    sync_gate: (Mutex<bool>, Condvar),
 }
 
 impl SimDisk {
@@ -133,14 +189,81 @@ impl SimDisk {
                 next_inode: 1,
                 live_entries: BTreeMap::new(),
                 durable_entries: BTreeMap::new(),
-                dirs: HashSet::new(),
                 locks: HashSet::new(),
                 rng: SplitMix64(seed),
                 syncs: 0,
                 fail_sync_after: None,
                 space_bytes: None,
+                flaky_reads: 0,
+                panic_on_write: false,
             }),
+            sync_gate: (Mutex::new(false), Condvar::new()),
         })
+    }
+
+    /// Makes reads and read-only opens fail transiently with probability
+    /// `per_mille`/1000 (0 heals).
+    pub(crate) fn flaky_reads(&self, per_mille: u32) {
+        self.lock().flaky_reads = per_mille;
+    }
+
+    /// Overwrites `bytes` at `offset` of the file at `path` in both its live and its
+    /// durable image: damage that no write and no crash undoes.
+    pub(crate) fn damage(&self, path: &Path, offset: u64, bytes: &[u8]) -> io::Result<()> {
+        let mut s = self.lock();
+        let id = s.file_at(path)?;
+        let inode = s
+            .inodes
+            .get_mut(&id)
+            .ok_or_else(|| io::Error::other("inode gone"))?;
+        for image in [&mut inode.live, &mut inode.durable] {
+            let start = usize::try_from(offset).unwrap_or(usize::MAX);
+            if let Some(dst) = image.get_mut(start..start.saturating_add(bytes.len())) {
+                dst.copy_from_slice(bytes);
+            }
+        }
+        Ok(())
+    }
+
+    /// The live bytes of the file at `path`.
+    pub(crate) fn read_live(&self, path: &Path) -> io::Result<Vec<u8>> {
+        let s = self.lock();
+        let id = s.file_at(path)?;
+        Ok(s.inodes
+            .get(&id)
+            .map(|n| n.live.clone())
+            .unwrap_or_default())
+    }
+
+    /// Names of the live entries of `dir`.
+    pub(crate) fn names_in(&self, dir: &Path) -> Vec<String> {
+        let s = self.lock();
+        s.live_entries
+            .keys()
+            .filter(|p| p.parent() == Some(dir))
+            .filter_map(|p| p.file_name())
+            .map(|n| n.to_string_lossy().into_owned())
+            .collect()
+    }
+
+    /// While `true`, every file fsync blocks until it is set back to `false`.
+    pub(crate) fn hold_syncs(&self, hold: bool) {
+        let (m, cv) = &self.sync_gate;
+        *m.lock().unwrap_or_else(PoisonError::into_inner) = hold;
+        cv.notify_all();
+    }
+
+    fn wait_sync_gate(&self) {
+        let (m, cv) = &self.sync_gate;
+        let mut held = m.lock().unwrap_or_else(PoisonError::into_inner);
+        while *held {
+            held = cv.wait(held).unwrap_or_else(PoisonError::into_inner);
+        }
+    }
+
+    /// Makes the next file write panic (then clears itself).
+    pub(crate) fn panic_on_write(&self) {
+        self.lock().panic_on_write = true;
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -174,7 +297,8 @@ impl SimDisk {
         s.live_entries
             .iter()
             .filter(|(p, _)| p.to_string_lossy().ends_with(suffix))
-            .filter_map(|(_, i)| s.inodes.get(i))
+            .filter_map(|(_, n)| n.inode())
+            .filter_map(|i| s.inodes.get(&i))
             .map(|n| n.live.len() as u64)
             .sum()
     }
@@ -189,6 +313,18 @@ impl SimDisk {
             // The kernel keeps the page cache: every write stays, still unsynced.
             Crash::Process => {}
             Crash::PowerLoss { tear, flip } => {
+                // An entry survives only if every directory above it does.
+                let durable = s.durable_entries.clone();
+                let reachable = |p: &Path| {
+                    p.ancestors()
+                        .skip(1)
+                        .all(|a| is_root(a) || durable.get(a) == Some(&Node::Dir))
+                };
+                s.durable_entries = durable
+                    .iter()
+                    .filter(|(p, _)| reachable(p))
+                    .map(|(p, n)| (p.clone(), *n))
+                    .collect();
                 s.live_entries = s.durable_entries.clone();
                 let ids: Vec<u64> = s.inodes.keys().copied().collect();
                 for id in ids {
@@ -279,26 +415,30 @@ fn not_found(p: &Path) -> io::Error {
 }
 
 impl Storage for SimStorage {
-    fn create_dir_all(&self, path: &Path) -> io::Result<()> {
+    fn create_dir(&self, path: &Path) -> io::Result<()> {
         let mut s = self.disk.lock();
         s.check(self.epoch)?;
-        if s.live_entries.contains_key(path) {
+        if is_root(path) || s.live_entries.contains_key(path) {
             return Err(io::Error::from(io::ErrorKind::AlreadyExists));
         }
-        s.dirs.insert(path.to_path_buf());
+        s.check_parent(path)?;
+        s.live_entries.insert(path.to_path_buf(), Node::Dir);
         Ok(())
     }
 
     fn list(&self, dir: &Path) -> io::Result<Vec<DirEntryInfo>> {
         let s = self.disk.lock();
         s.check(self.epoch)?;
+        if !is_root(dir) && s.live_entries.get(dir) != Some(&Node::Dir) {
+            return Err(not_found(dir));
+        }
         Ok(s.live_entries
-            .keys()
-            .filter(|p| p.parent() == Some(dir))
-            .filter_map(|p| p.file_name())
-            .map(|n| DirEntryInfo {
-                name: n.to_string_lossy().into_owned(),
-                is_file: true,
+            .iter()
+            .filter(|(p, _)| p.parent() == Some(dir))
+            .filter_map(|(p, n)| Some((p.file_name()?, n)))
+            .map(|(name, n)| DirEntryInfo {
+                name: name.to_string_lossy().into_owned(),
+                is_file: matches!(n, Node::File(_)),
             })
             .collect())
     }
@@ -309,10 +449,11 @@ impl Storage for SimStorage {
         if s.live_entries.contains_key(path) {
             return Err(io::Error::from(io::ErrorKind::AlreadyExists));
         }
+        s.check_parent(path)?;
         let inode = s.next_inode;
         s.next_inode += 1;
         s.inodes.insert(inode, Inode::default());
-        s.live_entries.insert(path.to_path_buf(), inode);
+        s.live_entries.insert(path.to_path_buf(), Node::File(inode));
         Ok(Box::new(SimFile {
             disk: Arc::clone(&self.disk),
             epoch: self.epoch,
@@ -322,9 +463,12 @@ impl Storage for SimStorage {
     }
 
     fn open(&self, path: &Path, write: bool) -> io::Result<Box<dyn StorageFile>> {
-        let s = self.disk.lock();
+        let mut s = self.disk.lock();
         s.check(self.epoch)?;
-        let inode = *s.live_entries.get(path).ok_or_else(|| not_found(path))?;
+        if !write && s.read_fails() {
+            return Err(io::Error::from_raw_os_error(24)); // EMFILE: out of descriptors
+        }
+        let inode = s.file_at(path)?;
         Ok(Box::new(SimFile {
             disk: Arc::clone(&self.disk),
             epoch: self.epoch,
@@ -336,14 +480,30 @@ impl Storage for SimStorage {
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
         let mut s = self.disk.lock();
         s.check(self.epoch)?;
-        let inode = s.live_entries.remove(from).ok_or_else(|| not_found(from))?;
-        s.live_entries.insert(to.to_path_buf(), inode);
+        s.check_parent(to)?;
+        let node = s.live_entries.remove(from).ok_or_else(|| not_found(from))?;
+        if node == Node::Dir {
+            // A directory moves with everything below it.
+            let below: Vec<PathBuf> = s
+                .live_entries
+                .keys()
+                .filter(|p| p.starts_with(from))
+                .cloned()
+                .collect();
+            for p in below {
+                if let (Some(n), Ok(rest)) = (s.live_entries.remove(&p), p.strip_prefix(from)) {
+                    s.live_entries.insert(to.join(rest), n);
+                }
+            }
+        }
+        s.live_entries.insert(to.to_path_buf(), node);
         Ok(())
     }
 
     fn remove_file(&self, path: &Path) -> io::Result<()> {
         let mut s = self.disk.lock();
         s.check(self.epoch)?;
+        s.file_at(path)?;
         s.live_entries
             .remove(path)
             .map(|_| ())
@@ -356,7 +516,7 @@ impl Storage for SimStorage {
         if s.sync_fails() {
             return Err(io::Error::other("simulated EIO on directory fsync"));
         }
-        let live: Vec<(PathBuf, u64)> = s
+        let live: Vec<(PathBuf, Node)> = s
             .live_entries
             .iter()
             .filter(|(p, _)| p.parent() == Some(dir))
@@ -370,6 +530,20 @@ impl Storage for SimStorage {
     fn try_lock(&self, path: &Path) -> Result<Box<dyn LockGuard>, LockError> {
         let mut s = self.disk.lock();
         s.check(self.epoch).map_err(LockError::Io)?;
+        // Like the real one: open (creating if missing) the lock file first.
+        match s.live_entries.get(path) {
+            Some(Node::File(_)) => {}
+            Some(Node::Dir) => {
+                return Err(LockError::Io(io::Error::from(io::ErrorKind::IsADirectory)));
+            }
+            None => {
+                s.check_parent(path).map_err(LockError::Io)?;
+                let inode = s.next_inode;
+                s.next_inode += 1;
+                s.inodes.insert(inode, Inode::default());
+                s.live_entries.insert(path.to_path_buf(), Node::File(inode));
+            }
+        }
         if !s.locks.insert(path.to_path_buf()) {
             return Err(LockError::Held);
         }
@@ -383,8 +557,11 @@ impl Storage for SimStorage {
 
 impl StorageFile for SimFile {
     fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
-        let s = self.disk.lock();
+        let mut s = self.disk.lock();
         s.check(self.epoch)?;
+        if s.read_fails() {
+            return Err(io::Error::other("simulated transient EIO on read"));
+        }
         let live = &s
             .inodes
             .get(&self.inode)
@@ -401,6 +578,10 @@ impl StorageFile for SimFile {
     fn write_all_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
         let mut s = self.disk.lock();
         s.check(self.epoch)?;
+        if std::mem::take(&mut s.panic_on_write) {
+            drop(s);
+            panic!("simulated bug: panic inside a file write");
+        }
         if !self.writable {
             return Err(io::Error::from(io::ErrorKind::PermissionDenied));
         }
@@ -432,6 +613,7 @@ impl StorageFile for SimFile {
     }
 
     fn sync(&self) -> io::Result<()> {
+        self.disk.wait_sync_gate();
         let mut s = self.disk.lock();
         s.check(self.epoch)?;
         let fails = s.sync_fails();
@@ -512,7 +694,8 @@ mod tests {
         let disk = SimDisk::new(1);
         let st = disk.storage();
         let dir = Path::new("/w");
-        st.create_dir_all(dir)?;
+        st.create_dir(dir)?;
+        st.sync_dir(Path::new("/"))?;
         let a = write_file(st.as_ref(), &dir.join("a"), b"durable")?;
         a.sync()?;
         st.sync_dir(dir)?;
@@ -543,6 +726,7 @@ mod tests {
         let disk = SimDisk::new(2);
         let st = disk.storage();
         let dir = Path::new("/w");
+        st.create_dir(dir)?;
         let _f = write_file(st.as_ref(), &dir.join("a"), b"page cache")?;
         let _lock = st
             .try_lock(&dir.join("LOCK"))
@@ -559,6 +743,8 @@ mod tests {
         let disk = SimDisk::new(3);
         let st = disk.storage();
         let dir = Path::new("/w");
+        st.create_dir(dir)?;
+        st.sync_dir(Path::new("/"))?;
         let f = write_file(st.as_ref(), &dir.join("a"), b"x")?;
         st.sync_dir(dir)?;
         disk.fail_sync_after(Some(1));
@@ -578,6 +764,7 @@ mod tests {
         let disk = SimDisk::new(4);
         disk.space_bytes(Some(10));
         let st = disk.storage();
+        st.create_dir(Path::new("/w"))?;
         let f = st.create_new(Path::new("/w/a"))?;
         let err = f
             .write_all_at(&[1u8; 50], 0)

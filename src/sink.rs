@@ -238,6 +238,7 @@ impl<T: Send + 'static> DurableSink<T> {
         let shared = Arc::new(Shared::new(
             Metrics::new(config.metric_prefix.as_deref()),
             config.max_disk_bytes,
+            rec.gaps,
         ));
         let initial_bytes = rec.segments.total_bytes();
         shared.disk_used.store(initial_bytes, Ordering::Relaxed);
@@ -255,6 +256,9 @@ impl<T: Send + 'static> DurableSink<T> {
             .acked_seq
             .store(rec.cursor.value(), Ordering::Relaxed);
         let segments = Arc::new(Mutex::new(rec.segments));
+        // Held by the cursor and by the writer thread: released only when both are done
+        // with the directory, however either ends.
+        let lock: Arc<dyn crate::wal::storage::LockGuard> = Arc::from(rec.lock);
 
         let acked = rec.cursor.value();
         let reader = WalReader::new(
@@ -270,6 +274,7 @@ impl<T: Send + 'static> DurableSink<T> {
             dir.clone(),
             Arc::clone(&segments),
             Arc::clone(&shared),
+            Arc::clone(&lock),
         );
         let writer = WalWriter::new(WriterInit {
             storage: Arc::clone(&storage),
@@ -284,6 +289,7 @@ impl<T: Send + 'static> DurableSink<T> {
             active_len: rec.active_len,
             next_seq: rec.next_seq,
             lease: rec.lease,
+            lock,
         });
 
         // The writer stops on the user's token, or when the delivery task ends for any
@@ -316,7 +322,6 @@ impl<T: Send + 'static> DurableSink<T> {
             flush_interval: config.flush_interval,
             retry: config.retry,
             shutdown_timeout: config.shutdown_timeout,
-            lock: rec.lock,
         });
         let task = tokio::spawn(actor.run());
         let sink = Self {
@@ -601,7 +606,7 @@ impl<T: Send + 'static> DurableSink<T> {
         let queued = self.inner.tx.counted().saturating_sub(taken);
         let written = s.written_seq.load(Ordering::Acquire);
         let acked = s.acked_seq.load(Ordering::Acquire);
-        queued.saturating_add(written.saturating_sub(acked))
+        queued.saturating_add(s.records_between(acked, written))
     }
 
     /// A snapshot of the sink's counters.

@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use super::register::Register;
 use super::segment::{SegmentSet, segment_path};
-use super::storage::Storage;
+use super::storage::{LockGuard, Storage};
 use crate::shared::Shared;
 
 /// The persisted acked seq and the deletion of fully acknowledged segments.
@@ -27,6 +27,9 @@ pub(crate) struct Cursor {
     dir: PathBuf,
     segments: Arc<Mutex<SegmentSet>>,
     shared: Arc<Shared>,
+    /// The directory lock: the cursor writes and deletes, so it holds a clone for as
+    /// long as it lives (the writer thread holds the other).
+    _lock: Arc<dyn LockGuard>,
 }
 
 impl Cursor {
@@ -36,6 +39,7 @@ impl Cursor {
         dir: PathBuf,
         segments: Arc<Mutex<SegmentSet>>,
         shared: Arc<Shared>,
+        lock: Arc<dyn LockGuard>,
     ) -> Self {
         Self {
             register,
@@ -43,6 +47,7 @@ impl Cursor {
             dir,
             segments,
             shared,
+            _lock: lock,
         }
     }
 

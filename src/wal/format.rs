@@ -34,6 +34,10 @@ pub(crate) const FRAME_PAYLOAD_LIMIT_BYTES: usize = 1 << 30;
 pub(crate) const MAX_SEQ: u64 = 1 << 62;
 /// Highest value a register slot may hold: a seq plus the lease's headroom.
 pub(crate) const REGISTER_VALUE_MAX: u64 = MAX_SEQ + (1 << 32);
+/// Highest generation a register slot may carry. One generation is spent per write, so
+/// 2^62 is beyond any real history; a larger one is damage (or forgery), and with this
+/// bound the next generation can never overflow.
+pub(crate) const REGISTER_GENERATION_MAX: u64 = 1 << 62;
 
 /// Magic bytes opening each register slot (cursor and sequence lease files).
 pub(crate) const REGISTER_MAGIC: [u8; 4] = *b"WSRG";
@@ -101,6 +105,14 @@ pub(crate) enum CorruptionKind {
         /// Bytes available.
         available: u64,
     },
+    /// A frame's length reaches past the end of the file, and valid frames follow it:
+    /// a damaged length, not a torn tail.
+    LengthPastEnd {
+        /// Bytes the frame claims, header included.
+        needed: u64,
+        /// Bytes left in the file from the frame's start.
+        available: u64,
+    },
     /// A header names a different first seq than the file name.
     NameMismatch {
         /// First seq from the file name.
@@ -142,6 +154,10 @@ impl fmt::Display for CorruptionKind {
             Self::Truncated { needed, available } => {
                 write!(f, "truncated: needed {needed} bytes, {available} available")
             }
+            Self::LengthPastEnd { needed, available } => write!(
+                f,
+                "frame claims {needed} bytes but {available} are left, and valid frames follow"
+            ),
             Self::NameMismatch { named, header } => {
                 write!(f, "file name says first seq {named}, header says {header}")
             }
@@ -445,9 +461,15 @@ impl RegisterSlot {
         if value > REGISTER_VALUE_MAX {
             return Err(SlotError::Corrupt(CorruptionKind::OutOfRange { value }));
         }
+        let generation = u64_at(b, 8).ok_or(truncated)?;
+        if generation > REGISTER_GENERATION_MAX {
+            return Err(SlotError::Corrupt(CorruptionKind::OutOfRange {
+                value: generation,
+            }));
+        }
         Ok(Self {
             kind,
-            generation: u64_at(b, 8).ok_or(truncated)?,
+            generation,
             value,
         })
     }

@@ -123,6 +123,31 @@ impl WalReader {
             ends: Vec::with_capacity(frames_hint),
         };
         let mut lost = 0u64;
+        if let Err(e) = self.fill(&mut out, &mut lost, written_seq, max_records, max_bytes) {
+            // The position has moved past every frame in `out` (and every record counted
+            // in `lost`): dropping them here would lose them for good, since the next
+            // call starts after them. Hand them over; the next call meets the error
+            // again if it persists. With nothing read, the caller backs off and retries.
+            if out.is_empty() && lost == 0 {
+                return Err(e);
+            }
+            tracing::warn!(error = %e, frames = out.len(), "reading the WAL failed part way; delivering what was read first");
+        }
+        self.last_batch = (out.len(), out.data.len());
+        Ok((out, lost))
+    }
+
+    /// The body of [`read_batch`](Self::read_batch): appends frames to `out` and counts
+    /// lost records in `lost` until a limit is reached, or an error stops it (what it
+    /// added so far stays valid).
+    fn fill(
+        &mut self,
+        out: &mut FrameBatch,
+        lost: &mut u64,
+        written_seq: u64,
+        max_records: usize,
+        max_bytes: usize,
+    ) -> io::Result<()> {
         let mut layout: Option<(u64, Option<SegmentInfo>, Option<u64>)> = None;
         // Each pass either appends a frame, skips an acked one, or moves the scanner or
         // the position forward; both are bounded by the files and by `written_seq`.
@@ -130,7 +155,7 @@ impl WalReader {
             && out.len() < max_records
             && (out.is_empty() || out.data.len() < max_bytes)
         {
-            let Some(cur) = self.current_segment(written_seq, &mut lost)? else {
+            let Some(cur) = self.current_segment(written_seq, lost)? else {
                 break;
             };
             let first_seq = cur.first_seq;
@@ -167,7 +192,7 @@ impl WalReader {
                     return false;
                 }
                 if seq >= position {
-                    lost += seq - position;
+                    *lost += seq - position;
                     out.push(seq, payload);
                     position = seq + 1;
                 }
@@ -182,7 +207,7 @@ impl WalReader {
                     if seq < self.position {
                         continue;
                     }
-                    lost += seq - self.position;
+                    *lost += seq - self.position;
                     out.push(seq, payload);
                     self.position = seq + 1;
                 }
@@ -212,7 +237,7 @@ impl WalReader {
                                     to = expected_last,
                                     "records missing at the end of a WAL segment"
                                 );
-                                lost += expected_last - self.position + 1;
+                                *lost += expected_last - self.position + 1;
                             }
                             self.position = self.position.max(n.first_seq);
                             self.current = None;
@@ -226,15 +251,14 @@ impl WalReader {
                                 to = written_seq,
                                 "records missing from the active WAL segment"
                             );
-                            lost += written_seq - self.position + 1;
+                            *lost += written_seq - self.position + 1;
                             self.position = written_seq + 1;
                         }
                     }
                 }
             }
         }
-        self.last_batch = (out.len(), out.data.len());
-        Ok((out, lost))
+        Ok(())
     }
 
     /// Opens the segment holding `position` if none is open. `None` if there is none.

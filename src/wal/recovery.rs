@@ -2,24 +2,31 @@
 //!
 //! # Steps
 //!
-//! 1. Create the directory (`0700`) and take the lock (`LOCK`, flock): a second open
-//!    gets `Locked`.
+//! 1. Create the directory (`0700`) and each missing parent, sync the parent of each
+//!    one created (and, best effort, the parent of one found in place), and take the
+//!    lock (`LOCK`, flock): a second open gets `Locked`.
 //! 2. Inspect without changing anything: list files, read both registers (cursor, seq
 //!    lease) and every segment header. A CRC-valid file of an unknown format version, or
 //!    a segment written with another codec, refuses the open here, with nothing changed.
-//! 3. Repair: quarantine what cannot be read (segments with a bad header, registers with
-//!    no valid slot) by renaming it to `*.quarantined`, never deleting it; recreate
-//!    missing registers; delete segments wholly at or below the durable cursor (left by a
-//!    crash between cursor sync and delete).
+//! 3. Repair: quarantine what cannot be read or trusted by renaming it to
+//!    `*.quarantined`, never deleting it: segments with a bad header, registers with no
+//!    valid slot, a lease at or below a seq the segment names show or beyond the seq
+//!    space, a cursor at or above the lease, and entries named like ours that are not
+//!    regular files. Recreate a missing cursor (at 0: replay from the oldest segment);
+//!    delete segments wholly at or below the durable cursor (left by a crash between
+//!    cursor sync and delete).
 //! 4. Scan the tail segment (the only one scanned: open time does not depend on
 //!    history) to find its last valid frame, and truncate a torn tail after it.
 //! 5. Choose `next_seq` above every seq that may have been handed out: past the tail's
 //!    last frame, at or above the seq lease, above the cursor, and past whatever a
-//!    quarantined segment could have held. Continue appending to the tail if that is
-//!    contiguous; otherwise start a new segment there.
+//!    quarantined segment could have held. Without a trusted lease, jump a lease block
+//!    past every seq the directory shows, and create the lease there. Continue
+//!    appending to the tail if that is contiguous; otherwise start a new segment there.
 //!
-//! What recovery never does: guess at a version, delete an unreadable file, or stop
-//! because of damage inside a segment (the reader skips and counts it).
+//! What recovery never does: guess at a version, delete an unreadable file, trust a
+//! register value that contradicts the other register or the segment names (a forged or
+//! damaged value costs duplicates, never deleted segments), or stop because of damage
+//! inside a segment (the reader skips and counts it).
 
 use std::collections::HashSet;
 use std::io;
@@ -27,16 +34,18 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use super::format::{
-    CURSOR_FILE, CorruptionKind, FRAME_HEADER_BYTES, HeaderStatus, LOCK_FILE, QUARANTINE_SUFFIX,
-    REGISTER_VERSION, RegisterKind, SEGMENT_HEADER_BYTES, SEGMENT_VERSION, SEQ_LEASE_FILE,
-    SegmentHeader, parse_segment_file_name, segment_file_name,
+    CURSOR_FILE, CorruptionKind, FRAME_HEADER_BYTES, HeaderStatus, LOCK_FILE, MAX_SEQ,
+    QUARANTINE_SUFFIX, REGISTER_VERSION, RegisterKind, SEGMENT_HEADER_BYTES, SEGMENT_NAME_DIGITS,
+    SEGMENT_SUFFIX, SEGMENT_VERSION, SEQ_LEASE_FILE, SegmentHeader, parse_segment_file_name,
+    segment_file_name,
 };
 use super::register::{Register, RegisterOpen};
 use super::segment::{
     ScanStep, SegmentInfo, SegmentScanner, SegmentSet, create_segment, preallocate, read_header,
     segment_path,
 };
-use super::storage::{LockError, LockGuard, Storage, StorageFile};
+use super::storage::{LockError, LockGuard, Storage, StorageFile, create_dir_chain, parent_dir};
+use super::writer::LEASE_BLOCK;
 use crate::error::OpenError;
 
 /// What `open` found and did. Available from
@@ -50,9 +59,10 @@ pub struct RecoveryReport {
     pub acked_seq: u64,
     /// Seq the first new record gets.
     pub next_seq: u64,
-    /// Upper bound of records recovered for replay: seqs between the cursor and the
-    /// last valid frame (gaps and damage make the true number smaller).
-    pub replay_seqs: u64,
+    /// Records recovered for replay: those between the cursor and the last valid
+    /// frame (seqs left unused by a crash are not counted; records found damaged when
+    /// they are read make the true number smaller).
+    pub replay_records: u64,
     /// Bytes of torn tail truncated from the last segment.
     pub truncated_bytes: u64,
     /// Files renamed aside because they could not be read.
@@ -61,8 +71,8 @@ pub struct RecoveryReport {
     pub deleted_acked_segments: usize,
     /// Files in the directory that are not walsink's; left alone.
     pub stray_files: Vec<String>,
-    /// The cursor was missing or unreadable while segments existed: delivery restarts
-    /// at the oldest segment (duplicates, not loss).
+    /// The cursor was missing, unreadable or impossible while segments existed:
+    /// delivery restarts at the oldest segment (duplicates, not loss).
     pub cursor_reset: bool,
 }
 
@@ -77,6 +87,8 @@ pub(crate) struct Recovered {
     pub(crate) active_first_seq: u64,
     pub(crate) active_len: u64,
     pub(crate) next_seq: u64,
+    /// Seqs above the cursor that name no record (see [`seq_gaps`]).
+    pub(crate) gaps: Vec<(u64, u64)>,
     pub(crate) report: RecoveryReport,
 }
 
@@ -104,30 +116,57 @@ enum Inspected {
     },
 }
 
-/// Opens (recovers) the WAL in `dir`. See the module doc.
+/// Opens (recovers) the WAL in `dir`. See the module doc; each step is a function below.
 pub(crate) fn recover(
     storage: &Arc<dyn Storage>,
     dir: &Path,
     limits: RecoveryLimits,
 ) -> Result<Recovered, OpenError> {
     let s = storage.as_ref();
-    // Step 1.
-    if let Err(e) = s.create_dir_all(dir) {
-        return Err(match e.kind() {
-            io::ErrorKind::AlreadyExists | io::ErrorKind::NotADirectory => {
-                OpenError::NotADirectory {
-                    path: dir.to_path_buf(),
-                }
-            }
-            _ => OpenError::Io {
-                op: "create directory",
-                path: dir.to_path_buf(),
-                source: e,
-            },
-        });
+    let lock = create_and_lock(s, dir)?;
+    let found = inspect(s, dir, limits)?;
+    let mut report = RecoveryReport {
+        stray_files: found.strays.clone(),
+        ..RecoveryReport::default()
+    };
+    let repaired = repair(s, dir, found, &mut report)?;
+    let tail = scan_tail(s, dir, &repaired.segments, limits, &mut report)?;
+    choose_active(s, dir, limits, lock, repaired, tail, report)
+}
+
+/// Step 1: create the directory (durably) and take its lock.
+fn create_and_lock(s: &dyn Storage, dir: &Path) -> Result<Box<dyn LockGuard>, OpenError> {
+    let created = create_dir_chain(s, dir).map_err(|e| match e.kind() {
+        io::ErrorKind::AlreadyExists | io::ErrorKind::NotADirectory => OpenError::NotADirectory {
+            path: dir.to_path_buf(),
+        },
+        _ => OpenError::Io {
+            op: "create directory",
+            path: dir.to_path_buf(),
+            source: e,
+        },
+    })?;
+    for made in &created {
+        let parent = parent_dir(made);
+        // Sync the parent of each directory created here: a power loss could drop the
+        // new directory's entry, and with it every record later confirmed durable in it.
+        s.sync_dir(&parent)
+            .map_err(io_err("sync parent directory", &parent))?;
     }
     let lock_path = dir.join(LOCK_FILE);
     let lock = match s.try_lock(&lock_path) {
+        Err(LockError::Io(e)) if e.kind() == io::ErrorKind::IsADirectory => {
+            // Something that is not a file holds the lock's name. No sink can hold a
+            // lock on it (the lock is taken on a file), so it is set aside, not obeyed.
+            let mut names = list_names(s, dir)?;
+            let to = quarantine(s, dir, LOCK_FILE, &mut names)
+                .map_err(io_err("quarantine", &lock_path))?;
+            tracing::error!(to = %to.display(), "a directory named LOCK was quarantined");
+            s.try_lock(&lock_path)
+        }
+        other => other,
+    };
+    let lock = match lock {
         Ok(l) => l,
         Err(LockError::Held) => {
             return Err(OpenError::Locked {
@@ -147,133 +186,291 @@ pub(crate) fn recover(
             });
         }
     };
+    if created.is_empty() {
+        // Sync the parent even of a directory found in place: the process that created
+        // it may have died before its own sync, leaving the entry in the page cache only.
+        // Best effort: a parent this process may not read is left alone (and logged).
+        let parent = parent_dir(dir);
+        if let Err(e) = s.sync_dir(&parent) {
+            tracing::warn!(dir = %parent.display(), error = %e, "could not sync the WAL directory's parent");
+        }
+    }
+    Ok(lock)
+}
 
-    // Step 2: inspect.
-    let mut report = RecoveryReport::default();
+fn list_names(s: &dyn Storage, dir: &Path) -> Result<HashSet<String>, OpenError> {
+    Ok(s.list(dir)
+        .map_err(io_err("list", dir))?
+        .into_iter()
+        .map(|e| e.name)
+        .collect())
+}
+
+/// What step 2 found, before anything changed.
+#[derive(Debug)]
+struct Inspection {
+    names: HashSet<String>,
+    /// Segment files, in seq order.
+    segments: Vec<Inspected>,
+    cursor: RegisterOpen,
+    lease: RegisterOpen,
+    /// Entries with one of our names that are not regular files (a directory named
+    /// like a segment, ...): set aside, or the writer would collide with them.
+    not_files: Vec<String>,
+    strays: Vec<String>,
+    /// Highest first seq named by a segment quarantined by an earlier open.
+    quarantined_seq_max: u64,
+}
+
+/// Step 2: list the files, read both registers and every segment header. Refuses a
+/// version or codec this build cannot read, with nothing changed.
+fn inspect(s: &dyn Storage, dir: &Path, limits: RecoveryLimits) -> Result<Inspection, OpenError> {
     let entries = s.list(dir).map_err(io_err("list", dir))?;
     let names: HashSet<String> = entries.iter().map(|e| e.name.clone()).collect();
     let mut segment_seqs = Vec::new();
+    let mut not_files = Vec::new();
+    let mut strays = Vec::new();
+    let mut quarantined_seq_max = 0;
     for e in &entries {
         match e.name.as_str() {
-            LOCK_FILE | CURSOR_FILE | SEQ_LEASE_FILE => {}
-            n if n.ends_with(QUARANTINE_SUFFIX) => {}
+            LOCK_FILE => {}
+            CURSOR_FILE | SEQ_LEASE_FILE if !e.is_file => not_files.push(e.name.clone()),
+            CURSOR_FILE | SEQ_LEASE_FILE => {}
+            n if n.ends_with(QUARANTINE_SUFFIX) => {
+                if let Some(seq) = quarantined_segment_seq(n) {
+                    quarantined_seq_max = quarantined_seq_max.max(seq);
+                }
+            }
             n => match parse_segment_file_name(n) {
                 Some(seq) if e.is_file => segment_seqs.push(seq),
-                _ => report.stray_files.push(n.to_string()),
+                Some(_) => not_files.push(n.to_string()),
+                None => strays.push(n.to_string()),
             },
         }
     }
     segment_seqs.sort_unstable();
-    if !report.stray_files.is_empty() {
-        tracing::warn!(dir = %dir.display(), files = ?report.stray_files, "files in the WAL directory that are not walsink's; left alone");
+    if !strays.is_empty() {
+        tracing::warn!(dir = %dir.display(), files = ?strays, "files in the WAL directory that are not walsink's; left alone");
     }
-
-    let cursor_path = dir.join(CURSOR_FILE);
-    let lease_path = dir.join(SEQ_LEASE_FILE);
-    let cursor_found = open_register(s, &cursor_path, RegisterKind::Cursor)?;
-    let lease_found = open_register(s, &lease_path, RegisterKind::SeqLease)?;
-
-    let mut inspected = Vec::with_capacity(segment_seqs.len());
+    let register = |name: &str, kind| {
+        if not_files.iter().any(|n| n == name) {
+            return Ok(RegisterOpen::Missing);
+        }
+        open_register(s, &dir.join(name), kind)
+    };
+    let cursor = register(CURSOR_FILE, RegisterKind::Cursor)?;
+    let lease = register(SEQ_LEASE_FILE, RegisterKind::SeqLease)?;
+    let mut segments = Vec::with_capacity(segment_seqs.len());
     for &seq in &segment_seqs {
-        let path = segment_path(dir, seq);
-        let file = s
-            .open(&path, false)
-            .map_err(io_err("open segment", &path))?;
-        let len = file.len().map_err(io_err("stat segment", &path))?;
-        inspected.push(
-            match read_header(file.as_ref()).map_err(io_err("read segment header", &path))? {
-                HeaderStatus::Valid(h) if h.first_seq != seq => Inspected::Bad {
-                    first_seq: seq,
-                    len,
-                    why: CorruptionKind::NameMismatch {
-                        named: seq,
-                        header: h.first_seq,
-                    }
-                    .to_string(),
-                },
-                HeaderStatus::Valid(h) if h.codec_id != limits.codec_id => {
-                    return Err(OpenError::CodecMismatch {
-                        path,
-                        found: h.codec_id,
-                        expected: limits.codec_id,
-                    });
-                }
-                HeaderStatus::Valid(h) => Inspected::Good(SegmentInfo {
-                    first_seq: seq,
-                    prev_last_seq: h.prev_last_seq,
-                    len,
-                }),
-                HeaderStatus::UnsupportedVersion(found) => {
-                    return Err(OpenError::UnsupportedVersion {
-                        path,
-                        found,
-                        supported: SEGMENT_VERSION,
-                    });
-                }
-                HeaderStatus::Corrupt(kind) => Inspected::Bad {
-                    first_seq: seq,
-                    len,
-                    why: kind.to_string(),
-                },
-            },
-        );
+        segments.push(inspect_segment(s, dir, seq, limits)?);
+    }
+    Ok(Inspection {
+        names,
+        segments,
+        cursor,
+        lease,
+        not_files,
+        strays,
+        quarantined_seq_max,
+    })
+}
+
+/// The first seq in the name of a quarantined segment (`<seq>.seg[.N].quarantined`).
+fn quarantined_segment_seq(name: &str) -> Option<u64> {
+    let stem = name.strip_suffix(QUARANTINE_SUFFIX)?;
+    let seg = stem.get(..SEGMENT_NAME_DIGITS + SEGMENT_SUFFIX.len())?;
+    parse_segment_file_name(seg)
+}
+
+fn inspect_segment(
+    s: &dyn Storage,
+    dir: &Path,
+    seq: u64,
+    limits: RecoveryLimits,
+) -> Result<Inspected, OpenError> {
+    let path = segment_path(dir, seq);
+    let file = s
+        .open(&path, false)
+        .map_err(io_err("open segment", &path))?;
+    let len = file.len().map_err(io_err("stat segment", &path))?;
+    let bad = |kind: CorruptionKind| Inspected::Bad {
+        first_seq: seq,
+        len,
+        why: kind.to_string(),
+    };
+    Ok(
+        match read_header(file.as_ref()).map_err(io_err("read segment header", &path))? {
+            HeaderStatus::Valid(h) if h.first_seq != seq => bad(CorruptionKind::NameMismatch {
+                named: seq,
+                header: h.first_seq,
+            }),
+            HeaderStatus::Valid(h) if h.codec_id != limits.codec_id => {
+                return Err(OpenError::CodecMismatch {
+                    path,
+                    found: h.codec_id,
+                    expected: limits.codec_id,
+                });
+            }
+            HeaderStatus::Valid(h) => Inspected::Good(SegmentInfo {
+                first_seq: seq,
+                prev_last_seq: h.prev_last_seq,
+                len,
+            }),
+            HeaderStatus::UnsupportedVersion(found) => {
+                return Err(OpenError::UnsupportedVersion {
+                    path,
+                    found,
+                    supported: SEGMENT_VERSION,
+                });
+            }
+            HeaderStatus::Corrupt(kind) => bad(kind),
+        },
+    )
+}
+
+/// What step 3 leaves: the readable segments and trusted registers.
+#[derive(Debug)]
+struct Repaired {
+    segments: SegmentSet,
+    cursor: Register,
+    /// `None`: missing, unreadable or damaged; created in step 5 once `next_seq` is known.
+    lease: Option<Register>,
+    /// No seq below this may be handed out (quarantined segments may have used them).
+    seq_floor: u64,
+    /// Highest seq that the directory shows was handed out (0: no history at all).
+    seen_seq_max: u64,
+    /// Anything shows that seqs were handed out before (a segment, a cursor above 0).
+    has_history: bool,
+}
+
+/// Step 3: set aside what cannot be read or trusted (renamed to `*.quarantined`, never
+/// deleted), check the registers against each other, recreate a missing cursor, and
+/// delete segments the durable cursor has passed.
+fn repair(
+    s: &dyn Storage,
+    dir: &Path,
+    found: Inspection,
+    report: &mut RecoveryReport,
+) -> Result<Repaired, OpenError> {
+    let Inspection {
+        mut names,
+        segments,
+        cursor,
+        lease,
+        not_files,
+        strays: _,
+        quarantined_seq_max,
+    } = found;
+    let mut renamed = false;
+    let mut set_aside = |name: &str, why: &str, names: &mut HashSet<String>| {
+        let path = dir.join(name);
+        let to = quarantine(s, dir, name, names).map_err(io_err("quarantine", &path))?;
+        tracing::error!(from = %path.display(), to = %to.display(), reason = %why, "WAL file quarantined");
+        report.quarantined.push(to);
+        renamed = true;
+        Ok::<(), OpenError>(())
+    };
+    for name in &not_files {
+        set_aside(name, "not a regular file", &mut names)?;
     }
 
-    // Step 3: repair. Everything from here on may change the directory.
-    let mut names = names;
     let mut seq_floor = 1u64;
-    let mut quarantined_any = false;
+    // Seqs that readable segment names show were handed out (a quarantined name may be
+    // garbage, so it only ever raises `next_seq`, never condemns a register).
+    let mut named_seq_max = 0;
+    let mut seen_seq_max = quarantined_seq_max;
+    let mut has_history = quarantined_seq_max > 0;
     let mut set = SegmentSet::default();
-    for seg in inspected {
+    for seg in segments {
+        has_history = true;
         match seg {
-            Inspected::Good(info) => set.push(info),
+            Inspected::Good(info) => {
+                // A segment named N was created when N was the next seq: every seq below
+                // it may have been handed out.
+                named_seq_max = named_seq_max.max(info.first_seq - 1);
+                set.push(info);
+            }
             Inspected::Bad {
                 first_seq,
                 len,
                 why,
             } => {
-                let path = segment_path(dir, first_seq);
-                let to = quarantine(s, dir, &segment_file_name(first_seq), &mut names)
-                    .map_err(io_err("quarantine", &path))?;
-                tracing::error!(from = %path.display(), to = %to.display(), reason = %why, "unreadable WAL segment quarantined");
-                report.quarantined.push(to);
-                quarantined_any = true;
+                set_aside(&segment_file_name(first_seq), &why, &mut names)?;
                 // It may have held up to one record per frame header's worth of bytes;
                 // never hand out those seqs again.
                 let bound = first_seq
                     .saturating_add(len / FRAME_HEADER_BYTES as u64)
                     .saturating_add(1);
                 seq_floor = seq_floor.max(bound);
+                seen_seq_max = seen_seq_max.max(first_seq);
             }
         }
     }
-    let (cursor, cursor_fresh) = register_or_replace(
-        s,
-        dir,
-        cursor_found,
-        CURSOR_FILE,
-        RegisterKind::Cursor,
-        &mut names,
-        &mut report,
-        &mut quarantined_any,
-    )?;
-    report.cursor_reset = cursor_fresh && set.count() > 0;
-    let (lease, _) = register_or_replace(
-        s,
-        dir,
-        lease_found,
-        SEQ_LEASE_FILE,
-        RegisterKind::SeqLease,
-        &mut names,
-        &mut report,
-        &mut quarantined_any,
-    )?;
-    if quarantined_any {
-        // Sync the directory: make the quarantine renames durable, so a power loss does
-        // not bring back a segment this open already reported as quarantined.
+
+    seen_seq_max = seen_seq_max.max(named_seq_max);
+    // The lease: no seq at or above it was ever handed out. So it must lie above every
+    // seq the segment names show, and within the seq space.
+    let lease = match lease {
+        RegisterOpen::Loaded(r) if r.value() > MAX_SEQ + 1 || r.value() <= named_seq_max => {
+            let why = format!(
+                "seq lease {} impossible: segments show seqs up to {named_seq_max}, the seq space ends at {MAX_SEQ}",
+                r.value()
+            );
+            drop(r);
+            set_aside(SEQ_LEASE_FILE, &why, &mut names)?;
+            None
+        }
+        RegisterOpen::Loaded(r) => Some(r),
+        RegisterOpen::Unreadable => {
+            set_aside(SEQ_LEASE_FILE, "no valid slot", &mut names)?;
+            None
+        }
+        RegisterOpen::Missing | RegisterOpen::UnsupportedVersion(_) => None,
+    };
+    // The cursor names an acknowledged seq: one that was handed out, so below the lease.
+    // A value that is not is damage: trusting it would delete unacknowledged segments.
+    let cursor = match cursor {
+        RegisterOpen::Loaded(r)
+            if r.value() > MAX_SEQ
+                || (r.value() > 0 && lease.as_ref().is_some_and(|l| r.value() >= l.value())) =>
+        {
+            let why = format!(
+                "cursor {} impossible: the seq lease is {}",
+                r.value(),
+                lease.as_ref().map_or(0, Register::value)
+            );
+            drop(r);
+            set_aside(CURSOR_FILE, &why, &mut names)?;
+            None
+        }
+        RegisterOpen::Loaded(r) => Some(r),
+        RegisterOpen::Unreadable => {
+            set_aside(CURSOR_FILE, "no valid slot", &mut names)?;
+            None
+        }
+        RegisterOpen::Missing | RegisterOpen::UnsupportedVersion(_) => None,
+    };
+    if renamed {
+        // Sync the directory: make the quarantine renames durable before new files take
+        // the old names, so a power loss can neither bring back a file this open
+        // reported as quarantined nor put it back beside its replacement.
         s.sync_dir(dir).map_err(io_err("sync directory", dir))?;
     }
+    let cursor = match cursor {
+        Some(r) => r,
+        None => {
+            report.cursor_reset = set.count() > 0;
+            if report.cursor_reset {
+                tracing::error!(dir = %dir.display(), "no usable cursor: delivery restarts at the oldest segment (duplicates, not loss)");
+            }
+            let path = dir.join(CURSOR_FILE);
+            Register::create(s, dir, CURSOR_FILE, RegisterKind::Cursor, 0)
+                .map_err(io_err("create register", &path))?
+        }
+    };
     let acked = cursor.value();
+    has_history |= acked > 0;
+    seen_seq_max = seen_seq_max.max(acked);
     for seg in set.fully_acked(acked) {
         let path = segment_path(dir, seg.first_seq);
         // The cursor is durable (Register::open synced it), so these can go.
@@ -282,97 +479,190 @@ pub(crate) fn recover(
         set.remove(seg.first_seq);
         report.deleted_acked_segments += 1;
     }
+    Ok(Repaired {
+        segments: set,
+        cursor,
+        lease,
+        seq_floor,
+        seen_seq_max,
+        has_history,
+    })
+}
 
-    // Step 4: scan the tail.
-    let tail = set.for_seq(u64::MAX);
-    let mut tail_state = None;
-    if let Some(info) = &tail {
-        let path = segment_path(dir, info.first_seq);
+/// The tail segment after step 4.
+#[derive(Debug, Clone, Copy)]
+struct Tail {
+    first_seq: u64,
+    /// Seq of its last valid frame (`first_seq - 1` if it holds none).
+    last_seq: u64,
+    /// File offset just past that frame.
+    valid_end: u64,
+}
+
+/// Step 4: scan the tail segment (the only one scanned: open time does not depend on
+/// history) to its last valid frame, and truncate a torn tail after it.
+fn scan_tail(
+    s: &dyn Storage,
+    dir: &Path,
+    set: &SegmentSet,
+    limits: RecoveryLimits,
+    report: &mut RecoveryReport,
+) -> Result<Option<Tail>, OpenError> {
+    let Some(info) = set.for_seq(u64::MAX) else {
+        return Ok(None);
+    };
+    let path = segment_path(dir, info.first_seq);
+    let file = s
+        .open(&path, true)
+        .map_err(io_err("open tail segment", &path))?;
+    let mut scanner = SegmentScanner::new(file, info.first_seq, limits.max_record_bytes);
+    // One pass over the tail; each step moves forward in the file.
+    let trailing = loop {
+        match scanner
+            .next_step()
+            .map_err(io_err("scan tail segment", &path))?
+        {
+            ScanStep::Frame { .. } => {}
+            ScanStep::Corrupt { offset, kind } => {
+                tracing::warn!(path = %path.display(), offset, %kind, "corrupt bytes in the tail segment; later valid frames are kept");
+            }
+            ScanStep::End { trailing_bytes } => break trailing_bytes,
+        }
+    };
+    let valid_end = scanner.valid_end();
+    let last_seq = scanner.expected_seq() - 1;
+    drop(scanner);
+    if trailing > 0 {
         let file = s
             .open(&path, true)
             .map_err(io_err("open tail segment", &path))?;
-        let mut scanner = SegmentScanner::new(file, info.first_seq, limits.max_record_bytes);
-        // One pass over the tail; each step moves forward in the file.
-        let trailing = loop {
-            match scanner
-                .next_step()
-                .map_err(io_err("scan tail segment", &path))?
-            {
-                ScanStep::Frame { .. } => {}
-                ScanStep::Corrupt { offset, kind } => {
-                    tracing::warn!(path = %path.display(), offset, %kind, "corrupt bytes in the tail segment; later valid frames are kept");
-                }
-                ScanStep::End { trailing_bytes } => break trailing_bytes,
-            }
-        };
-        let valid_end = scanner.valid_end();
-        let last_seq = scanner.expected_seq() - 1;
-        drop(scanner);
-        if trailing > 0 {
-            let file = s
-                .open(&path, true)
-                .map_err(io_err("open tail segment", &path))?;
-            // Zeros after the last frame are the preallocated tail of a segment that
-            // was active at a crash, not damage; anything else is a torn write.
-            let torn = !all_zero(file.as_ref(), valid_end, valid_end + trailing)
-                .map_err(io_err("read tail segment", &path))?;
-            file.set_len(valid_end)
-                .map_err(io_err("truncate torn tail", &path))?;
-            // fsync the truncation: a power loss must not bring the torn bytes back
-            // behind frames appended after them.
-            file.sync().map_err(io_err("sync truncated tail", &path))?;
-            if torn {
-                tracing::warn!(path = %path.display(), bytes = trailing, valid_end, "torn tail truncated");
-                report.truncated_bytes = trailing;
-            } else {
-                tracing::debug!(path = %path.display(), bytes = trailing, "unused preallocated tail trimmed");
-            }
+        // Zeros after the last frame are the preallocated tail of a segment that was
+        // active at a crash, not damage; anything else is a torn write.
+        let torn = !all_zero(file.as_ref(), valid_end, valid_end + trailing)
+            .map_err(io_err("read tail segment", &path))?;
+        file.set_len(valid_end)
+            .map_err(io_err("truncate torn tail", &path))?;
+        // fsync the truncation: a power loss must not bring the torn bytes back
+        // behind frames appended after them.
+        file.sync().map_err(io_err("sync truncated tail", &path))?;
+        if torn {
+            tracing::warn!(path = %path.display(), bytes = trailing, valid_end, "torn tail truncated");
+            report.truncated_bytes = trailing;
+        } else {
+            tracing::debug!(path = %path.display(), bytes = trailing, "unused preallocated tail trimmed");
         }
-        set.set_len(info.first_seq, valid_end);
-        tail_state = Some((info.first_seq, last_seq, valid_end));
     }
+    Ok(Some(Tail {
+        first_seq: info.first_seq,
+        last_seq,
+        valid_end,
+    }))
+}
 
-    // Step 5: choose next_seq and the active segment.
-    let mut next_seq = seq_floor.max(lease.value()).max(acked.saturating_add(1));
-    if let Some((_, last_seq, _)) = tail_state {
-        next_seq = next_seq.max(last_seq.saturating_add(1));
+/// Step 5: choose `next_seq` above every seq that may have been handed out, make the
+/// lease say so, and open the active segment (the tail, or a new one).
+fn choose_active(
+    s: &dyn Storage,
+    dir: &Path,
+    limits: RecoveryLimits,
+    lock: Box<dyn LockGuard>,
+    repaired: Repaired,
+    tail: Option<Tail>,
+    mut report: RecoveryReport,
+) -> Result<Recovered, OpenError> {
+    let Repaired {
+        segments: mut set,
+        cursor,
+        lease,
+        seq_floor,
+        seen_seq_max,
+        has_history,
+    } = repaired;
+    let acked = cursor.value();
+    let tail_last = tail.map_or(0, |t| t.last_seq);
+    let mut next_seq = seq_floor
+        .max(acked.saturating_add(1))
+        .max(tail_last.saturating_add(1));
+    match &lease {
+        Some(l) => next_seq = next_seq.max(l.value()),
+        // Without a lease, seqs of records delivered and then erased by a power loss
+        // leave no trace. They lie within one lease block of the last seq anything
+        // shows (the writer renews the lease a block ahead of what it hands out), so
+        // jump past that.
+        None if has_history => {
+            next_seq = next_seq.max(
+                seen_seq_max
+                    .max(tail_last)
+                    .saturating_add(1)
+                    .saturating_add(LEASE_BLOCK),
+            );
+        }
+        None => {}
     }
-    let reuse_tail = tail_state.filter(|&(_, last_seq, valid_end)| {
-        last_seq.saturating_add(1) == next_seq && valid_end < limits.segment_bytes
+    // Past the seq space the writer refuses every record; the sink still opens so that
+    // what is on disk is delivered.
+    let next_seq = next_seq.min(MAX_SEQ + 1);
+    let lease = match lease {
+        Some(l) => l,
+        None => {
+            let path = dir.join(SEQ_LEASE_FILE);
+            Register::create(s, dir, SEQ_LEASE_FILE, RegisterKind::SeqLease, next_seq)
+                .map_err(io_err("create register", &path))?
+        }
+    };
+    let reuse_tail = tail.filter(|t| {
+        let contiguous =
+            t.last_seq.saturating_add(1) == next_seq && t.valid_end < limits.segment_bytes;
+        contiguous || next_seq > MAX_SEQ
     });
     let (active, active_first_seq, active_len) = match reuse_tail {
-        Some((first_seq, _, valid_end)) => {
-            let path = segment_path(dir, first_seq);
+        Some(t) => {
+            let path = segment_path(dir, t.first_seq);
             let file = s
                 .open(&path, true)
                 .map_err(io_err("open tail segment", &path))?;
             preallocate(file.as_ref(), limits.segment_bytes);
-            (file, first_seq, valid_end)
+            set.set_len(t.first_seq, t.valid_end);
+            (file, t.first_seq, t.valid_end)
+        }
+        None if next_seq > MAX_SEQ => {
+            return Err(OpenError::Io {
+                op: "choose the next seq",
+                path: dir.to_path_buf(),
+                source: io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("the seq space is exhausted (next seq {next_seq} above {MAX_SEQ})"),
+                ),
+            });
         }
         None => {
-            let prev_last_seq = tail_state.map_or(0, |(_, last, _)| last);
+            if let Some(t) = tail {
+                set.set_len(t.first_seq, t.valid_end);
+            }
             let header = SegmentHeader {
                 codec_id: limits.codec_id,
                 first_seq: next_seq,
-                prev_last_seq,
+                prev_last_seq: tail_last,
             };
             let path = segment_path(dir, next_seq);
             let file = create_segment(s, dir, header, limits.segment_bytes)
                 .map_err(io_err("create segment", &path))?;
             set.push(SegmentInfo {
                 first_seq: next_seq,
-                prev_last_seq,
+                prev_last_seq: tail_last,
                 len: SEGMENT_HEADER_BYTES as u64,
             });
             (file, next_seq, SEGMENT_HEADER_BYTES as u64)
         }
     };
 
+    let last_written = next_seq - 1;
+    let gaps = seq_gaps(&set, acked, last_written);
+    let gap_seqs: u64 = gaps.iter().map(|&(lo, hi)| hi - lo + 1).sum();
     report.segments = set.count();
     report.acked_seq = acked;
     report.next_seq = next_seq;
-    let last_written = tail_state.map_or(next_seq - 1, |(_, last, _)| last);
-    report.replay_seqs = last_written.saturating_sub(acked);
+    report.replay_records = last_written.saturating_sub(acked).saturating_sub(gap_seqs);
     tracing::info!(dir = %dir.display(), ?report, "WAL opened");
     Ok(Recovered {
         lock,
@@ -383,42 +673,35 @@ pub(crate) fn recover(
         active_first_seq,
         active_len,
         next_seq,
+        gaps,
         report,
     })
 }
 
-/// Returns the register if it loaded; otherwise quarantines an unreadable file,
-/// creates a fresh register holding 0, and says so (`true`).
-#[allow(clippy::too_many_arguments)]
-fn register_or_replace(
-    s: &dyn Storage,
-    dir: &Path,
-    found: RegisterOpen,
-    name: &str,
-    kind: RegisterKind,
-    names: &mut HashSet<String>,
-    report: &mut RecoveryReport,
-    renames_pending: &mut bool,
-) -> Result<(Register, bool), OpenError> {
-    let path = dir.join(name);
-    match found {
-        RegisterOpen::Loaded(r) => return Ok((r, false)),
-        RegisterOpen::Unreadable => {
-            let to = quarantine(s, dir, name, names).map_err(io_err("quarantine", &path))?;
-            tracing::error!(to = %to.display(), "unreadable {name} quarantined and replaced (a cursor restarts at the oldest segment)");
-            report.quarantined.push(to);
-            *renames_pending = true;
+/// The seqs in `(acked, last_written]` that name no record (inclusive ranges, in
+/// order): below the first segment, and between a segment and the next one's first
+/// seq when its header says where the previous one ended (after a crash the writer
+/// continues at the lease, leaving up to a lease block unused). `pending()` counts
+/// records, so it leaves these out.
+pub(crate) fn seq_gaps(set: &SegmentSet, acked: u64, last_written: u64) -> Vec<(u64, u64)> {
+    let mut gaps = Vec::new();
+    let mut push = |lo: u64, hi: u64| {
+        let lo = lo.max(acked.saturating_add(1));
+        let hi = hi.min(last_written);
+        if lo <= hi {
+            gaps.push((lo, hi));
         }
-        RegisterOpen::Missing | RegisterOpen::UnsupportedVersion(_) => {}
+    };
+    let mut first = true;
+    for seg in set.iter() {
+        if first {
+            push(0, seg.first_seq.saturating_sub(1));
+            first = false;
+        } else if seg.prev_last_seq != 0 {
+            push(seg.prev_last_seq.saturating_add(1), seg.first_seq - 1);
+        }
     }
-    if *renames_pending {
-        // Sync the directory: the renames must be durable before new files take the
-        // old names, or a power loss could bring back the unreadable file.
-        s.sync_dir(dir).map_err(io_err("sync directory", dir))?;
-        *renames_pending = false;
-    }
-    let r = Register::create(s, dir, name, kind, 0).map_err(io_err("create register", &path))?;
-    Ok((r, true))
+    gaps
 }
 
 fn open_register(

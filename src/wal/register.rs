@@ -22,8 +22,8 @@ use std::io;
 use std::path::Path;
 
 use super::format::{
-    REGISTER_FILE_BYTES, REGISTER_SLOT_BYTES, REGISTER_SLOT_OFFSETS, RegisterKind, RegisterSlot,
-    SlotError,
+    REGISTER_FILE_BYTES, REGISTER_GENERATION_MAX, REGISTER_SLOT_BYTES, REGISTER_SLOT_OFFSETS,
+    RegisterKind, RegisterSlot, SlotError,
 };
 use super::storage::{Storage, StorageFile, read_full_at};
 
@@ -160,7 +160,13 @@ impl Register {
 
     /// Writes `value` to the scratch slot: survives a process crash, not a power loss.
     pub(crate) fn write(&mut self, value: u64) -> io::Result<()> {
-        let generation = self.generation + 1;
+        // Decoding bounds a generation read from disk, so this fails only after 2^62
+        // writes: never in practice, and never by wrapping to a value a stale slot beats.
+        let generation = self
+            .generation
+            .checked_add(1)
+            .filter(|&g| g <= REGISTER_GENERATION_MAX)
+            .ok_or_else(|| io::Error::other("register generation exhausted"))?;
         let slot = RegisterSlot {
             kind: self.kind,
             generation,
@@ -273,6 +279,8 @@ mod tests {
         for seed in 0..64 {
             let disk = SimDisk::new(seed);
             let dir = Path::new("/w");
+            disk.storage().create_dir(dir)?;
+            disk.storage().sync_dir(Path::new("/"))?;
             let path = dir.join("CURSOR");
             let mut r = Register::create(
                 disk.storage().as_ref(),

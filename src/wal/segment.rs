@@ -115,6 +115,11 @@ impl SegmentSet {
         self.map.remove(&first_seq)
     }
 
+    /// The segments in seq order.
+    pub(crate) fn iter(&self) -> impl Iterator<Item = &SegmentInfo> {
+        self.map.values()
+    }
+
     /// Number of segments.
     pub(crate) fn count(&self) -> usize {
         self.map.len()
@@ -303,11 +308,14 @@ impl SegmentScanner {
         let have = self.buf.len();
         if have < want {
             self.buf.resize(want, 0);
-            let n = read_full_at(
+            let read = read_full_at(
                 self.file.as_ref(),
                 self.buf.get_mut(have..).unwrap_or_default(),
                 offset + have as u64,
-            )?;
+            );
+            // On error, drop the zeros `resize` added: left in place they would read as
+            // file contents (a hole) on the next call, and valid frames would be skipped.
+            let n = read.inspect_err(|_| self.buf.truncate(have))?;
             self.buf.truncate(have + n);
         }
         Ok(self.buf.len().min(need))
@@ -468,10 +476,29 @@ impl SegmentScanner {
         let at = self.offset;
         let corrupt = match self.frame_at(at)? {
             None => return Ok(ScanStep::End { trailing_bytes: 0 }),
-            Some(FrameStatus::Incomplete { .. }) => {
-                return Ok(ScanStep::End {
-                    trailing_bytes: self.trailing_bytes()?,
-                });
+            Some(FrameStatus::Incomplete { needed }) => {
+                // A frame cut by the end of the file is a torn tail only if nothing valid
+                // follows it. A damaged length can reach past the end from the middle of
+                // a segment: the intact frames after it must not be taken for a torn
+                // tail (and truncated, or skipped with the rest of the segment).
+                let available = self.readable_len()?.saturating_sub(at);
+                return match self.resync(at + 1)? {
+                    Ok(next) => {
+                        self.offset = next;
+                        Ok(ScanStep::Corrupt {
+                            offset: at,
+                            kind: CorruptionKind::LengthPastEnd {
+                                needed: needed as u64,
+                                available,
+                            },
+                        })
+                    }
+                    // Nothing valid after it: a torn tail (or, in a file still growing,
+                    // a frame not complete yet: the next call looks at `at` again).
+                    Err(_) => Ok(ScanStep::End {
+                        trailing_bytes: self.trailing_bytes()?,
+                    }),
+                };
             }
             Some(FrameStatus::Valid { seq, payload_len }) => {
                 let end = at + (FRAME_HEADER_BYTES + payload_len) as u64;

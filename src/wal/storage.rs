@@ -19,7 +19,7 @@ use std::fmt::Debug;
 use std::fs::{self, File, OpenOptions};
 use std::io;
 use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// One directory entry, as listed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -44,8 +44,9 @@ pub(crate) enum LockError {
 
 /// Directory-level operations.
 pub(crate) trait Storage: Send + Sync + Debug + 'static {
-    /// Creates `path` and missing parents with mode `0700`; Ok if it is already a directory.
-    fn create_dir_all(&self, path: &Path) -> io::Result<()>;
+    /// Creates the directory `path` (one level, mode `0700`). `AlreadyExists` if
+    /// anything has that name; `NotFound` if the parent is missing.
+    fn create_dir(&self, path: &Path) -> io::Result<()>;
     /// Lists the entries of a directory (not recursive).
     fn list(&self, dir: &Path) -> io::Result<Vec<DirEntryInfo>>;
     /// Creates a new file (mode `0600`), failing if it exists; opened for read and write.
@@ -103,6 +104,51 @@ pub(crate) fn read_full_at(
     Ok(done)
 }
 
+/// Creates `dir` and each missing directory above it (mode `0700`); returns the
+/// directories it created, outermost first. Nothing is made durable here: the caller
+/// syncs the parent of each one it returns. The walk up is bounded by the path's depth.
+pub(crate) fn create_dir_chain(s: &dyn Storage, dir: &Path) -> io::Result<Vec<PathBuf>> {
+    let mut created = Vec::new();
+    let mut missing = Vec::new();
+    let mut at = dir.to_path_buf();
+    loop {
+        match s.create_dir(&at) {
+            Ok(()) => {
+                created.push(at);
+                break;
+            }
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => break,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                let parent = parent_dir(&at);
+                if parent == at {
+                    return Err(e);
+                }
+                missing.push(at);
+                at = parent;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    while let Some(next) = missing.pop() {
+        match s.create_dir(&next) {
+            Ok(()) => created.push(next),
+            // Made by someone else meanwhile: not ours to sync.
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(created)
+}
+
+/// The directory holding `path` (`.` for a bare relative name).
+pub(crate) fn parent_dir(path: &Path) -> PathBuf {
+    match path.parent() {
+        Some(p) if p.as_os_str().is_empty() => PathBuf::from("."),
+        Some(p) => p.to_path_buf(),
+        None => path.to_path_buf(),
+    }
+}
+
 /// The real filesystem.
 #[derive(Debug, Default, Clone, Copy)]
 pub(crate) struct RealStorage;
@@ -116,11 +162,8 @@ struct RealLock(#[allow(dead_code)] File);
 impl LockGuard for RealLock {}
 
 impl Storage for RealStorage {
-    fn create_dir_all(&self, path: &Path) -> io::Result<()> {
-        fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(path)
+    fn create_dir(&self, path: &Path) -> io::Result<()> {
+        fs::DirBuilder::new().mode(0o700).create(path)
     }
 
     fn list(&self, dir: &Path) -> io::Result<Vec<DirEntryInfo>> {
@@ -217,7 +260,11 @@ mod tests {
         let tmp = tempfile::tempdir()?;
         let dir = tmp.path().join("a/b");
         let s = RealStorage;
-        s.create_dir_all(&dir)?;
+        assert_eq!(
+            create_dir_chain(&s, &dir)?,
+            vec![tmp.path().join("a"), dir.clone()]
+        );
+        assert!(create_dir_chain(&s, &dir)?.is_empty());
         assert_eq!(fs::metadata(&dir)?.permissions().mode() & 0o777, 0o700);
         let f = s.create_new(&dir.join("x"))?;
         f.write_all_at(b"hello", 3)?;

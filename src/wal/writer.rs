@@ -49,10 +49,10 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use super::format::{SEGMENT_HEADER_BYTES, SegmentHeader, encode_frame, frame_bytes};
+use super::format::{MAX_SEQ, SEGMENT_HEADER_BYTES, SegmentHeader, encode_frame, frame_bytes};
 use super::register::Register;
 use super::segment::{SegmentInfo, SegmentSet, create_segment, segment_path};
-use super::storage::{Storage, StorageFile};
+use super::storage::{LockGuard, Storage, StorageFile};
 use crate::config::Durability;
 use crate::error::SinkError;
 use crate::inbox::{Arena, Taken};
@@ -62,7 +62,7 @@ mod message;
 mod thread;
 
 pub(crate) use message::{DoneReply, DurableReply, FlushRequest, Payload, WriterMsg};
-pub(crate) use thread::spawn_writer;
+pub(crate) use thread::{WriterExit, panic_message, spawn_writer};
 
 /// The write buffer is written out when it reaches this size, so one round never
 /// holds more than about this much plus one frame.
@@ -88,6 +88,9 @@ pub(crate) struct WriterInit {
     pub(crate) active_len: u64,
     pub(crate) next_seq: u64,
     pub(crate) lease: Register,
+    /// The directory lock, held (with the cursor's clone) while anything may write.
+    #[allow(dead_code, reason = "held for its drop, never read")]
+    pub(crate) lock: Arc<dyn LockGuard>,
 }
 
 /// Why a write path stopped.
@@ -178,6 +181,14 @@ impl WalWriter {
 
     /// Frames one record into the buffer (rolling first if needed); returns its seq.
     fn append(&mut self, payload: &[u8]) -> Result<u64, Stop> {
+        if self.init.next_seq > MAX_SEQ {
+            // Fail closed: a frame above the seq space would be written, confirmed and
+            // then refused by every reader as damage.
+            return Err(Stop::Fatal(io::Error::other(format!(
+                "the seq space is exhausted (next seq {} above {MAX_SEQ})",
+                self.init.next_seq
+            ))));
+        }
         let frame = frame_bytes(payload.len());
         let used = self.init.active_len + self.buf.len() as u64;
         if used > SEGMENT_HEADER_BYTES as u64 && used + frame > self.init.segment_bytes {
@@ -190,7 +201,7 @@ impl WalWriter {
             // delivered, so a seq is never reused for another record.
             self.init
                 .lease
-                .write_durable(seq.saturating_add(LEASE_BLOCK))?;
+                .write_durable(seq.saturating_add(LEASE_BLOCK).min(MAX_SEQ + 1))?;
             crate::crashpoint::hit("lease.after_renew");
         }
         encode_frame(&mut self.buf, seq, payload);
@@ -364,7 +375,7 @@ impl WalWriter {
         }
     }
 
-    fn fail(&mut self, err: io::Error) -> Arc<io::Error> {
+    pub(crate) fn fail(&mut self, err: io::Error) -> Arc<io::Error> {
         tracing::error!(dir = %self.init.dir.display(), error = %err, "WAL write failed; the sink refuses further writes");
         self.init
             .shared

@@ -98,13 +98,17 @@ impl WalWriter {
 
     /// The writer loop; returns when the queue is closed and empty (cancellation, or
     /// every sink handle dropped). The one loop of the writer that ends only then.
-    pub(crate) async fn run(
-        mut self,
-        mut rx: inbox::Receiver<WriterMsg>,
+    ///
+    /// Everything that holds a caller's reply (the queue, the current take, the writer's
+    /// waiters) is borrowed, not owned: if this panics, [`spawn_writer`] fails the sink
+    /// before any reply is dropped, so no caller reads the panic as `Closed`.
+    async fn run(
+        &mut self,
+        rx: &mut inbox::Receiver<WriterMsg>,
+        chunks: &mut Taken<WriterMsg>,
         flushes: mpsc::UnboundedSender<FlushRequest>,
         shutdown: CancellationToken,
     ) -> Result<(), Arc<io::Error>> {
-        let mut chunks: Taken<WriterMsg> = Taken::default();
         let mut closing = false;
         let mut stalled: Option<Duration> = None;
         loop {
@@ -141,8 +145,8 @@ impl WalWriter {
                 }
                 continue;
             }
-            if !closing && self.failed.is_none() && self.linger(&mut rx, &mut chunks) > 0 {
-                if self.round(&mut rx, &mut chunks, &flushes) == Progress::Stalled {
+            if !closing && self.failed.is_none() && self.linger(rx, chunks) > 0 {
+                if self.round(rx, chunks, &flushes) == Progress::Stalled {
                     stalled = Some(NO_SPACE_RETRY_FIRST);
                 }
                 continue;
@@ -167,11 +171,11 @@ impl WalWriter {
                         }
                     }
                 }
-                n = rx.recv(&mut chunks) => {
+                n = rx.recv(chunks) => {
                     if n == 0 {
                         break;
                     }
-                    if self.round(&mut rx, &mut chunks, &flushes) == Progress::Stalled {
+                    if self.round(rx, chunks, &flushes) == Progress::Stalled {
                         stalled = Some(NO_SPACE_RETRY_FIRST);
                     }
                 }
@@ -188,13 +192,34 @@ async fn sleep_until_opt(deadline: Option<Instant>) {
     }
 }
 
-/// Starts the writer thread. `on_exit` is answered with the writer's final result.
+/// How the writer thread ended; sent to the delivery task.
+#[derive(Debug)]
+pub(crate) enum WriterExit {
+    /// The queue closed, the last records were synced and the lease written.
+    Clean,
+    /// A write or fsync failed (sticky); see [`Shared::fail`](crate::shared::Shared::fail).
+    Failed(Arc<io::Error>),
+    /// The thread panicked: a violated invariant in this crate, or a panicking storage.
+    Panicked(String),
+}
+
+/// The text of a panic payload.
+pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<String>()
+        .cloned()
+        .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
+        .unwrap_or_else(|| "panic".to_string())
+}
+
+/// Starts the writer thread. `on_exit` is answered with how it ended. The directory
+/// lock is released (this clone of it) only after the thread's last write.
 pub(crate) fn spawn_writer(
-    writer: WalWriter,
-    rx: inbox::Receiver<WriterMsg>,
+    mut writer: WalWriter,
+    mut rx: inbox::Receiver<WriterMsg>,
     flushes: mpsc::UnboundedSender<FlushRequest>,
     shutdown: CancellationToken,
-    on_exit: oneshot::Sender<Result<(), Arc<io::Error>>>,
+    on_exit: oneshot::Sender<WriterExit>,
 ) -> io::Result<std::thread::JoinHandle<()>> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_time()
@@ -203,9 +228,30 @@ pub(crate) fn spawn_writer(
         .name("walsink-writer".into())
         .spawn(move || {
             let shared = Arc::clone(&writer.init.shared);
-            let result = rt.block_on(writer.run(rx, flushes, shutdown));
+            let mut chunks: Taken<WriterMsg> = Taken::default();
+            let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                rt.block_on(writer.run(&mut rx, &mut chunks, flushes, shutdown))
+            }));
+            let exit = match ran {
+                Ok(Ok(())) => WriterExit::Clean,
+                Ok(Err(e)) => WriterExit::Failed(e),
+                Err(payload) => {
+                    let msg = panic_message(payload.as_ref());
+                    // Fail the sink first, then answer the waiters with that failure:
+                    // only then are the queue and the unprocessed take dropped, so every
+                    // caller sees an error, never `Closed` and never "durable".
+                    writer.fail(io::Error::other(format!(
+                        "internal error: the WAL writer thread panicked: {msg}"
+                    )));
+                    WriterExit::Panicked(msg)
+                }
+            };
+            drop(chunks);
+            drop(rx);
+            // Releases the writer's clone of the directory lock: nothing more is written.
+            drop(writer);
+            let _ = on_exit.send(exit);
             // Wake the delivery task: it must notice that writing has ended.
             shared.data_ready.notify_one();
-            let _ = on_exit.send(result);
         })
 }
