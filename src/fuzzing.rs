@@ -110,13 +110,34 @@ pub fn register(data: &[u8]) -> Option<u64> {
     let disk = SimDisk::new(0);
     let storage = disk.storage();
     let dir = Path::new("/fuzz");
+    storage.create_dir(dir).ok()?;
     let path = dir.join("CURSOR");
     let f = storage.create_new(&path).ok()?;
     f.write_all_at(data, 0).ok()?;
-    match Register::open(storage.as_ref(), &path, RegisterKind::Cursor).ok()? {
-        crate::wal::register::RegisterOpen::Loaded(r) => Some(r.value()),
-        _ => None,
+    let crate::wal::register::RegisterOpen::Loaded(mut r) =
+        Register::open(storage.as_ref(), &path, RegisterKind::Cursor).ok()?
+    else {
+        return None;
+    };
+    let opened = r.value();
+    // Writes after open must neither panic (a generation at its bound) nor lose to a
+    // stale slot: the value read back is the last one written.
+    for value in [opened.saturating_add(1), opened.saturating_add(2)] {
+        if r.write_durable(value).is_err() {
+            return Some(opened);
+        }
+        drop(r);
+        r = match Register::open(storage.as_ref(), &path, RegisterKind::Cursor) {
+            Ok(crate::wal::register::RegisterOpen::Loaded(r)) => r,
+            other => panic!("invariant violation: register unreadable after a write: {other:?}"),
+        };
+        assert_eq!(
+            r.value(),
+            value,
+            "invariant violation: a stale slot won over the last write"
+        );
     }
+    Some(opened)
 }
 
 /// Splits fuzz input into files: repeated `[name_len u8][name][data_len u32 LE][data]`.

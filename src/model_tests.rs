@@ -5,9 +5,13 @@
 //!
 //! Guarantees 1 (durable on sync), 3 (at-least-once, in order, seqs name one record,
 //! duplicates only above the cursor found after a crash), 4 (flush barrier), 6 (disk
-//! budget) and 7 (no panic, no hang: every await has a deadline) under process
-//! crashes, power loss with torn and bit-flipped unsynced writes, failing fsync and
-//! ENOSPC.
+//! budget) and 7 (no panic, no hang: every await has a deadline; damage costs only the
+//! damaged record) under process crashes, power loss with torn and bit-flipped unsynced
+//! writes (the WAL directory's own creation included: the simulated disk undoes a
+//! directory whose parent was never synced), failing fsync, ENOSPC, transient read and
+//! open failures, bit rot in synced frames (length, CRC, seq or payload field), and
+//! forged register values (a cursor at or above the lease, a lease beyond the seq
+//! space, a slot with an impossible generation).
 //!
 //! # Method
 //!
@@ -25,7 +29,7 @@
 //! incarnation has a seq above the cursor recovery read after the crash before it, and
 //! a graceful restart redelivers nothing; a refused id is never delivered; segment
 //! bytes stay within budget plus one segment. At the end: every durable id (minus
-//! poison) was delivered.
+//! poison and the records whose frames the case damaged) was delivered.
 //!
 //! `WALSINK_MODEL_CASES` (default 24) and `WALSINK_MODEL_STEPS` (default 60) size the
 //! run; `WALSINK_SEED` runs a single case. The failure message prints the seed. The
@@ -34,6 +38,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -41,7 +46,10 @@ use tokio_util::sync::CancellationToken;
 
 use crate::actor::SplitMix64;
 use crate::sim::{Crash, SimDisk};
-use crate::wal::format::RegisterKind;
+use crate::wal::format::{
+    FRAME_HEADER_BYTES, FrameHeader, MAX_SEQ, REGISTER_GENERATION_MAX, REGISTER_SLOT_BYTES,
+    REGISTER_SLOT_OFFSETS, RegisterKind, RegisterSlot, SEGMENT_HEADER_BYTES,
+};
 use crate::wal::register::{Register, RegisterOpen};
 use crate::{
     Batch, BincodeCodec, Codec, DrainError, Durability, DurableSink, RetryPolicy, SinkConfig,
@@ -49,6 +57,12 @@ use crate::{
 };
 
 const DEADLINE: Duration = Duration::from_secs(30);
+
+/// Faults injected over a run, printed at the end (a campaign that injected none
+/// proves nothing).
+static ROTTED: AtomicU64 = AtomicU64::new(0);
+static FORGED: AtomicU64 = AtomicU64::new(0);
+static FLAKY: AtomicU64 = AtomicU64::new(0);
 
 #[derive(Debug, Clone, Copy)]
 struct Delivery {
@@ -133,6 +147,8 @@ struct Case {
     failed: bool,
     /// Unsynced data may have been bit-flipped: holes in the accepted order are legal.
     flipped: bool,
+    /// Ids whose frames this case damaged on disk: each may be lost, nothing else.
+    damaged: BTreeSet<u64>,
     steps: Vec<String>,
 }
 
@@ -203,7 +219,7 @@ impl Case {
     }
 
     async fn step(&mut self) {
-        let roll = self.pick(100);
+        let roll = self.pick(112);
         match roll {
             0..=29 => {
                 let n = 1 + self.pick(12);
@@ -283,7 +299,9 @@ impl Case {
                         let delivered: BTreeSet<u64> = w.log.iter().map(|d| d.id).collect();
                         for id in before {
                             assert!(
-                                delivered.contains(&id) || w.poison.contains(&id),
+                                delivered.contains(&id)
+                                    || w.poison.contains(&id)
+                                    || self.damaged.contains(&id),
                                 "flush returned but accepted id {id} was not delivered; {}",
                                 self.ctx()
                             );
@@ -373,9 +391,146 @@ impl Case {
                     Err(e) => panic!("sync task failed: {e}; {}", self.ctx()),
                 }
             }
+            100..=104 => self.rot_a_frame(),
+            105..=108 => {
+                let per_mille = 50 + self.pick(250) as u32;
+                self.steps
+                    .push(format!("reads fail transiently ({per_mille} per mille)"));
+                self.disk.flaky_reads(per_mille);
+                FLAKY.fetch_add(1, Ordering::Relaxed);
+            }
+            109..=111 => {
+                self.steps.push("reads heal".into());
+                self.disk.flaky_reads(0);
+            }
             _ => {}
         }
         self.check_invariants();
+    }
+
+    /// Flips one bit of a frame already on disk (live and durable image alike: bit rot
+    /// no crash undoes), in its length, CRC, seq or payload. Only that record may be
+    /// lost.
+    fn rot_a_frame(&mut self) {
+        let names = self.disk.names_in(&self.dir);
+        let segments: Vec<&String> = names.iter().filter(|n| n.ends_with(".seg")).collect();
+        if segments.is_empty() {
+            return;
+        }
+        let name = segments[self.pick(segments.len() as u64) as usize].clone();
+        let path = self.dir.join(&name);
+        let Ok(bytes) = self.disk.read_live(&path) else {
+            return;
+        };
+        // The case's own frame walk: header, then [len u32][crc u32][seq u64][payload].
+        let mut frames = Vec::new();
+        let mut at = SEGMENT_HEADER_BYTES;
+        while let Some(h) = bytes.get(at..).and_then(FrameHeader::peek) {
+            let end = at + h.frame_len();
+            match bytes.get(at + FRAME_HEADER_BYTES..end) {
+                Some(payload) if h.seq > 0 && h.verify(payload).is_ok() => {
+                    frames.push((at, h.len as usize, payload.to_vec()));
+                    at = end;
+                }
+                _ => break,
+            }
+        }
+        if frames.is_empty() {
+            return;
+        }
+        let (at, len, payload) = frames[self.pick(frames.len() as u64) as usize].clone();
+        let Ok(id) = Codec::<u64>::decode(&BincodeCodec, &payload) else {
+            return;
+        };
+        // Length bits 0..12 keep it within or near the record limit (a length reaching
+        // past the end of the file, or a CRC mismatch); higher ones exceed the limit.
+        let (field, bit) = match self.pick(4) {
+            0 => {
+                let bits = if self.pick(4) == 0 { 32 } else { 12 };
+                ("len", self.pick(bits))
+            }
+            1 => ("crc", 32 + self.pick(32)),
+            2 => ("seq", 64 + self.pick(64)),
+            _ if len > 0 => ("payload", 128 + self.pick(len as u64 * 8)),
+            _ => ("crc", 32 + self.pick(32)),
+        };
+        let byte = at + (bit / 8) as usize;
+        let Some(&old) = bytes.get(byte) else {
+            return;
+        };
+        self.steps.push(format!(
+            "rot bit {bit} ({field}) of the frame of id {id} in {name}"
+        ));
+        if self
+            .disk
+            .damage(&path, byte as u64, &[old ^ (1 << (bit % 8))])
+            .is_ok()
+        {
+            self.damaged.insert(id);
+            ROTTED.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Forges a register after a crash, the way a bad disk or an operator could: CRC-
+    /// valid slots holding values recovery must refuse (`cursor_on_disk` says what it
+    /// then trusts).
+    fn forge_a_register(&mut self) {
+        let (name, kind, generation, value, what) = match self.pick(4) {
+            0 => (
+                "CURSOR",
+                RegisterKind::Cursor,
+                1 << 40,
+                (1 << 40) + self.pick(1000),
+                "cursor far above the lease",
+            ),
+            1 => (
+                "SEQ_LEASE",
+                RegisterKind::SeqLease,
+                1 << 40,
+                MAX_SEQ + 2 + self.pick(1000),
+                "lease beyond the seq space",
+            ),
+            2 => (
+                "CURSOR",
+                RegisterKind::Cursor,
+                u64::MAX - self.pick(3),
+                1 << 40,
+                "cursor slot with an impossible generation",
+            ),
+            _ => (
+                "SEQ_LEASE",
+                RegisterKind::SeqLease,
+                u64::MAX - self.pick(3),
+                1,
+                "lease slot with an impossible generation",
+            ),
+        };
+        let slot = RegisterSlot {
+            kind,
+            generation,
+            value,
+        }
+        .encode();
+        let path = self.dir.join(name);
+        let offsets: Vec<u64> = match generation {
+            // A forged generation goes to the older slot: the one a torn or interrupted
+            // write could have left. (Rot of the newest slot at rest is a double fault
+            // for the cursor, which then moves back: duplicates, which the model allows
+            // only above the cursor it read; the lease is written to both slots.)
+            g if g > REGISTER_GENERATION_MAX => {
+                older_slot(&self.disk, &path, kind).into_iter().collect()
+            }
+            // A forged winner goes to both slots.
+            _ => REGISTER_SLOT_OFFSETS.to_vec(),
+        };
+        let mut forged = false;
+        for offset in offsets {
+            forged |= self.disk.damage(&path, offset, &slot).is_ok();
+        }
+        if forged {
+            self.steps.push(format!("forge {name}: {what}"));
+            FORGED.fetch_add(1, Ordering::Relaxed);
+        }
     }
 
     async fn stop_running(&mut self) -> Option<Result<crate::ShutdownReport, SinkError>> {
@@ -392,6 +547,7 @@ impl Case {
     async fn crash(&mut self, how: Crash) {
         // The process is dead from here: its drain acknowledges nothing more.
         world(&self.world).alive = 0;
+        self.disk.flaky_reads(0);
         self.disk.crash(how);
         if how != Crash::Process {
             self.flipped |= matches!(how, Crash::PowerLoss { flip: true, .. });
@@ -402,11 +558,15 @@ impl Case {
         self.disk.space_bytes(None);
         // Accepted but not durable ids may or may not survive: forget them.
         self.accepted.clear();
+        if self.pick(6) == 0 {
+            self.forge_a_register();
+        }
         let floor = self.cursor_on_disk();
         self.open(floor).await;
     }
 
     async fn graceful_restart(&mut self) {
+        self.disk.flaky_reads(0);
         let res = self.stop_running().await;
         match res {
             Some(Ok(_)) => {
@@ -431,19 +591,22 @@ impl Case {
         self.open(floor).await;
     }
 
-    /// The cursor value recovery will read, from the image the next open sees.
+    /// The cursor recovery will trust, from the image the next open sees: the cursor
+    /// register's value, unless it is impossible (at or above a trusted lease, or
+    /// beyond the seq space), in which case delivery restarts at the oldest segment.
     fn cursor_on_disk(&self) -> Option<u64> {
         let storage = self.disk.storage();
-        match Register::open(
-            storage.as_ref(),
-            &self.dir.join("CURSOR"),
-            RegisterKind::Cursor,
-        ) {
-            Ok(RegisterOpen::Loaded(r)) => Some(r.value()),
-            Ok(RegisterOpen::Missing) => Some(0),
-            Ok(other) => panic!("cursor unreadable after a crash: {other:?}; {}", self.ctx()),
-            Err(e) => panic!("reading the cursor failed: {e}; {}", self.ctx()),
-        }
+        let read =
+            |name: &str, kind| match Register::open(storage.as_ref(), &self.dir.join(name), kind) {
+                Ok(RegisterOpen::Loaded(r)) => Some(r.value()),
+                Ok(RegisterOpen::Missing | RegisterOpen::Unreadable) => None,
+                Ok(other) => panic!("{name}: {other:?}; {}", self.ctx()),
+                Err(e) => panic!("reading {name} failed: {e}; {}", self.ctx()),
+            };
+        let cursor = read("CURSOR", RegisterKind::Cursor).unwrap_or(0);
+        let lease = read("SEQ_LEASE", RegisterKind::SeqLease).filter(|&l| l <= MAX_SEQ + 1);
+        let impossible = cursor > MAX_SEQ || (cursor > 0 && lease.is_some_and(|l| cursor >= l));
+        Some(if impossible { 0 } else { cursor })
     }
 
     fn check_invariants(&self) {
@@ -567,7 +730,7 @@ impl Case {
         let delivered: BTreeSet<u64> = w.log.iter().map(|d| d.id).collect();
         for id in &self.durable {
             assert!(
-                delivered.contains(id) || w.poison.contains(id),
+                delivered.contains(id) || w.poison.contains(id) || self.damaged.contains(id),
                 "durable id {id} was never delivered; {}",
                 self.ctx()
             );
@@ -586,7 +749,9 @@ impl Case {
                 };
                 for id in ids.into_iter().filter(|&id| id < max) {
                     assert!(
-                        delivered.contains(&id) || w.poison.contains(&id),
+                        delivered.contains(&id)
+                            || w.poison.contains(&id)
+                            || self.damaged.contains(&id),
                         "id {id} accepted by incarnation {inc} is missing below delivered id {max}; {}",
                         self.ctx()
                     );
@@ -596,11 +761,25 @@ impl Case {
     }
 }
 
+/// Offset of the register slot with the lower generation (or an invalid one).
+fn older_slot(disk: &SimDisk, path: &Path, kind: RegisterKind) -> Option<u64> {
+    let bytes = disk.read_live(path).ok()?;
+    let generation = |offset: u64| {
+        let at = usize::try_from(offset).ok()?;
+        let slot = bytes.get(at..at + REGISTER_SLOT_BYTES)?;
+        RegisterSlot::decode(slot, kind).ok().map(|s| s.generation)
+    };
+    let [a, b] = REGISTER_SLOT_OFFSETS;
+    Some(if generation(a) < generation(b) { a } else { b })
+}
+
 fn model_config(dir: &Path, rng: &mut SplitMix64) -> SinkConfig {
     let mut c = SinkConfig::new(dir);
     c.segment_bytes = 4096;
     c.max_disk_bytes = 16 * 1024;
-    c.max_record_bytes = 64;
+    // 4 KiB lets a damaged length pass the limit check and reach past the end of
+    // its segment (a torn tail look-alike); 64 makes most damaged lengths over the limit.
+    c.max_record_bytes = if rng.next() % 2 == 0 { 64 } else { 4096 };
     c.queue_capacity = 1 + (rng.next() % 64) as usize;
     c.batch_size = 1 + (rng.next() % 32) as usize;
     c.flush_interval = Duration::from_millis(1 + rng.next() % 5);
@@ -644,6 +823,7 @@ async fn run_case(seed: u64, steps: u64) {
         dup_floor: HashMap::new(),
         failed: false,
         flipped: false,
+        damaged: BTreeSet::new(),
         steps: Vec::new(),
     };
     case.open(None).await;
@@ -681,5 +861,16 @@ fn model_random_sequences_keep_the_guarantees() {
         let seed = 0xC0FFEE_u64.wrapping_add(i.wrapping_mul(0x9E37_79B9));
         rt.block_on(run_case(seed, steps));
     }
-    eprintln!("model: {cases} cases of {steps} steps passed");
+    let (rotted, forged, flaky) = (
+        ROTTED.load(Ordering::Relaxed),
+        FORGED.load(Ordering::Relaxed),
+        FLAKY.load(Ordering::Relaxed),
+    );
+    eprintln!(
+        "model: {cases} cases of {steps} steps passed ({rotted} frames rotted, {forged} registers forged, {flaky} spells of failing reads)"
+    );
+    assert!(
+        cases < 10 || (rotted > 0 && forged > 0 && flaky > 0),
+        "the run injected too few faults to prove anything"
+    );
 }

@@ -135,8 +135,8 @@ async fn a_dir_that_cannot_be_created_is_a_clear_error() -> Result<(), Box<dyn s
                 "{e} should name the path"
             );
         }
-        Ok(_) => eprintln!(
-            "skipped: {} could be created on this machine",
+        Ok(_) => panic!(
+            "{} could be created on this machine: nothing was tested",
             target.display()
         ),
         Err(other) => panic!("expected Io, got {other}"),

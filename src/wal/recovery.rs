@@ -583,13 +583,23 @@ fn choose_active(
     let mut next_seq = seq_floor
         .max(acked.saturating_add(1))
         .max(tail_last.saturating_add(1));
+    // A lease at or below a frame's seq is stale (damage put an older slot back): as
+    // untrustworthy as a missing one.
+    let lease_trusted = lease.as_ref().is_some_and(|l| l.value() > tail_last);
+    if let (Some(l), false) = (&lease, lease_trusted) {
+        tracing::error!(
+            lease = l.value(),
+            tail_last,
+            "the seq lease is below a frame's seq: damaged; continuing past every seq seen"
+        );
+    }
     match &lease {
-        Some(l) => next_seq = next_seq.max(l.value()),
+        Some(l) if lease_trusted => next_seq = next_seq.max(l.value()),
         // Without a lease, seqs of records delivered and then erased by a power loss
         // leave no trace. They lie within one lease block of the last seq anything
         // shows (the writer renews the lease a block ahead of what it hands out), so
         // jump past that.
-        None if has_history => {
+        _ if has_history => {
             next_seq = next_seq.max(
                 seen_seq_max
                     .max(tail_last)
@@ -597,7 +607,7 @@ fn choose_active(
                     .saturating_add(LEASE_BLOCK),
             );
         }
-        None => {}
+        _ => {}
     }
     // Past the seq space the writer refuses every record; the sink still opens so that
     // what is on disk is delivered.

@@ -201,7 +201,7 @@ impl WalWriter {
             // delivered, so a seq is never reused for another record.
             self.init
                 .lease
-                .write_durable(seq.saturating_add(LEASE_BLOCK).min(MAX_SEQ + 1))?;
+                .write_durable_mirrored(seq.saturating_add(LEASE_BLOCK).min(MAX_SEQ + 1))?;
             crate::crashpoint::hit("lease.after_renew");
         }
         encode_frame(&mut self.buf, seq, payload);
@@ -616,7 +616,7 @@ impl WalWriter {
             // fsync the lease at its exact value: no seq at or above next_seq was handed out.
             self.init
                 .lease
-                .write_durable(self.init.next_seq)
+                .write_durable_mirrored(self.init.next_seq)
                 .map_err(Stop::Fatal)
         });
         match res {
