@@ -42,9 +42,11 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::deadline::sleep_until_opt;
+
 use crate::codec::Codec;
 use crate::config::RetryPolicy;
-use crate::drain::{Batch, SinkDrain};
+use crate::drain::{Batch, DrainError, SinkDrain};
 use crate::error::SinkError;
 use crate::handle::ShutdownReport;
 use crate::shared::Shared;
@@ -413,10 +415,7 @@ impl<T: Send + 'static, D: SinkDrain<T>> Actor<T, D> {
     }
 
     /// One `write_batch`, watching for shutdown and its deadline.
-    async fn call_drain(
-        &mut self,
-        batch: Batch<T>,
-    ) -> Result<Result<(), crate::DrainError>, Interrupted> {
+    async fn call_drain(&mut self, batch: Batch<T>) -> Result<Result<(), DrainError>, Interrupted> {
         let fut = self.drain.write_batch(batch);
         tokio::pin!(fut);
         loop {
@@ -512,13 +511,6 @@ impl<T: Send + 'static, D: SinkDrain<T>> Actor<T, D> {
                 "the WAL writer thread panicked: {msg}"
             ))),
         }
-    }
-}
-
-async fn sleep_until_opt(deadline: Option<Instant>) {
-    match deadline {
-        Some(d) => tokio::time::sleep_until(d).await,
-        None => std::future::pending().await,
     }
 }
 

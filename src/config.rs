@@ -1,4 +1,4 @@
-//! [`SinkConfig`] and its parts: defaults (DESIGN §4) and validation at open.
+//! [`SinkConfig`] and its parts: defaults (each field's doc gives its default) and validation at open.
 //!
 //! Every knob is a `pub` field, so struct-update syntax works:
 //! `SinkConfig { batch_size: 64, ..SinkConfig::new(dir) }`. Contradictions are refused
@@ -121,7 +121,7 @@ pub struct SinkConfig {
 }
 
 impl SinkConfig {
-    /// The defaults of DESIGN §4 for a sink in `dir`.
+    /// The defaults (each field's doc gives its default) for a sink in `dir`.
     pub fn new(dir: impl Into<PathBuf>) -> Self {
         Self {
             dir: dir.into(),

@@ -2,7 +2,7 @@
 //!
 //! `FaultyStorage` wraps the real filesystem and, when told, fails fsyncs with EIO or
 //! writes with ENOSPC. The rules under test: after a failed fsync the sink refuses
-//! pushes and `sync()` (DESIGN §1, `SinkError::Io`), never claims durability again (even
+//! pushes and `sync()` (`SinkError::Io`; docs/GUARANTEES.md §1), never claims durability again (even
 //! once the disk "recovers"), and a reopen recovers what was durable; a full disk holds
 //! writes without losing accepted records and resumes when space returns.
 

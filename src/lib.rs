@@ -35,7 +35,7 @@
 //! # Ok(()) }
 //! ```
 //!
-//! The snippet is DESIGN §1's, compiled as written. A runnable example follows on
+//! The snippet is the reference usage of the API, compiled as written. A runnable example follows on
 //! [`DurableSink`]; a complete program is `examples/quickstart.rs`; the guarantees and the tests behind each are in
 //! `docs/GUARANTEES.md`, the byte format in `docs/FORMAT.md`.
 //!
@@ -59,6 +59,7 @@ mod codec;
 mod config;
 #[doc(hidden)]
 pub mod crashpoint;
+mod deadline;
 mod drain;
 mod error;
 #[cfg(test)]

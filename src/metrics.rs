@@ -1,4 +1,4 @@
-//! Every metric name in one place (DESIGN §5).
+//! Every metric name in one place (the table in docs/OPERATIONS.md).
 //!
 //! Handles are registered once at open through the `metrics` facade, so the hot path
 //! pays an atomic increment, not a name lookup. With `metric_prefix: None` every handle
@@ -26,7 +26,7 @@ pub(crate) struct Metrics {
     pub(crate) quarantined_segments: Counter,
 }
 
-/// Metric name suffixes with their descriptions, in the order of DESIGN §5.
+/// Metric name suffixes with their descriptions, in the order of the table in docs/OPERATIONS.md.
 pub(crate) const METRIC_NAMES: [(&str, &str); 14] = [
     ("pushed_total", "Records accepted by push calls"),
     (

@@ -779,7 +779,11 @@ fn model_config(dir: &Path, rng: &mut SplitMix64) -> SinkConfig {
     c.max_disk_bytes = 16 * 1024;
     // 4 KiB lets a damaged length pass the limit check and reach past the end of
     // its segment (a torn tail look-alike); 64 makes most damaged lengths over the limit.
-    c.max_record_bytes = if rng.next().is_multiple_of(2) { 64 } else { 4096 };
+    c.max_record_bytes = if rng.next().is_multiple_of(2) {
+        64
+    } else {
+        4096
+    };
     c.queue_capacity = 1 + (rng.next() % 64) as usize;
     c.batch_size = 1 + (rng.next() % 32) as usize;
     c.flush_interval = Duration::from_millis(1 + rng.next() % 5);

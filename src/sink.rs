@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::actor::{Actor, ActorInit};
 use crate::codec::{BincodeCodec, Codec, CodecError};
-use crate::config::{Overflow, SinkConfig};
+use crate::config::{Durability, Overflow, SinkConfig};
 use crate::drain::SinkDrain;
 use crate::error::{OpenError, SinkError};
 use crate::handle::SinkHandle;
@@ -27,7 +27,9 @@ use crate::wal::format::frame_bytes;
 use crate::wal::reader::WalReader;
 use crate::wal::recovery::{RecoveryLimits, RecoveryReport, recover};
 use crate::wal::storage::{RealStorage, Storage};
-use crate::wal::writer::{DurableReply, Payload, WalWriter, WriterInit, WriterMsg, spawn_writer};
+use crate::wal::writer::{
+    DurableReply, Payload, SyncPolicy, WalWriter, WriterInit, WriterMsg, spawn_writer,
+};
 
 thread_local! {
     /// Per-thread encode buffer, reused across pushes.
@@ -281,7 +283,11 @@ impl<T: Send + 'static> DurableSink<T> {
             dir: dir.clone(),
             codec_id: codec.id(),
             segment_bytes: config.segment_bytes,
-            durability: config.durability,
+            sync_policy: match config.durability {
+                Durability::Always => SyncPolicy::EveryRound,
+                Durability::Interval(d) => SyncPolicy::Within(d),
+                Durability::Never => SyncPolicy::OnRequest,
+            },
             segments,
             shared: Arc::clone(&shared),
             active: rec.active,

@@ -1,4 +1,4 @@
-//! DESIGN §5: with `metric_prefix` set, every named metric is published through the
+//! docs/OPERATIONS.md, Metrics: with `metric_prefix` set, every named metric is published through the
 //! `metrics` facade and moves with what the sink does. A minimal in-test recorder
 //! (counters and gauges as atomics, histograms as sample counts) stands in for an
 //! exporter.

@@ -1,8 +1,8 @@
 //! Group commit, `Durability::Always`: 1, 8 and 64 concurrent `push_durable` callers,
 //! 100-byte records, against a raw loop that appends the same number of framed records
 //! in one write and calls fdatasync on a file whose space was reserved ahead with
-//! fallocate. Reports records/s and per-call latency p50/p99 for both. DESIGN §7
-//! target: walsink at least 70 % of the raw loop's records/s.
+//! fallocate. Reports records/s and per-call latency p50/p99 for both. Target
+//! (docs/PERFORMANCE.md): walsink at least 70 % of the raw loop's records/s.
 
 mod support;
 

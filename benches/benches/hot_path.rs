@@ -2,7 +2,7 @@
 //! (the in-memory design's cost), 1 and 4 producers, for a ~100-byte event and for a
 //! 100-byte `Vec<u8>` with the default (bincode) codec. Both queues are drained
 //! concurrently and sized so that nothing overflows. Time per message, median of the
-//! samples; the report prints walsink / baseline. DESIGN §7 target: within 2x.
+//! samples; the report prints walsink / baseline. Target (docs/PERFORMANCE.md): within 2x.
 
 mod support;
 
@@ -193,7 +193,7 @@ fn main() {
         ("try_push_bytes100", "4"),
     ]);
     report(
-        "hot path (DESIGN §7: within 2x of mpsc try_send)",
+        "hot path (target: within 2x of mpsc try_send)",
         &[
             ("try_push_event", "mpsc_try_send/1", "walsink_try_push/1"),
             ("try_push_event", "mpsc_try_send/4", "walsink_try_push/4"),

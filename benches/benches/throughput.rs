@@ -1,7 +1,7 @@
 //! Throughput, `Durability::Never`, noop drain, 100 B and 1 KiB records (raw codec):
 //! time from the first `push` until `sync()` returns for N records, against a raw loop
 //! that frames + CRCs the same records and appends them to a file in 1 MiB writes,
-//! then fdatasyncs once. DESIGN §7 target: walsink at least 50 % of the raw loop's
+//! then fdatasyncs once. Target (docs/PERFORMANCE.md): walsink at least 50 % of the raw loop's
 //! records/s. Delivery to the noop drain runs concurrently (it reads records back).
 
 mod support;
@@ -110,7 +110,7 @@ fn main() {
         .map(|(a, b, c)| (a.as_str(), b.as_str(), c.as_str()))
         .collect();
     report(
-        "throughput (time for the same records; DESIGN §7: walsink <= 2x the raw loop's time)",
+        "throughput (time for the same records; target: walsink <= 2x the raw loop's time)",
         &rows,
     );
 }

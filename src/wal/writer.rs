@@ -53,7 +53,6 @@ use super::format::{MAX_SEQ, SEGMENT_HEADER_BYTES, SegmentHeader, encode_frame, 
 use super::register::Register;
 use super::segment::{SegmentInfo, SegmentSet, create_segment, segment_path};
 use super::storage::{LockGuard, Storage, StorageFile};
-use crate::config::Durability;
 use crate::error::SinkError;
 use crate::inbox::{Arena, Taken};
 use crate::shared::Shared;
@@ -73,6 +72,19 @@ pub(crate) const LEASE_BLOCK: u64 = 1 << 20;
 const NO_SPACE_RETRY_FIRST: Duration = Duration::from_millis(10);
 const NO_SPACE_RETRY_MAX: Duration = Duration::from_secs(1);
 
+/// When the writer fsyncs on its own (it always does on request: `sync`,
+/// `push_durable`, rollover, shutdown). The log's own type: the user-facing
+/// [`Durability`](crate::Durability) maps onto it at open.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum SyncPolicy {
+    /// At the end of every round that wrote something (group commit).
+    EveryRound,
+    /// Within this long of the oldest unsynced write.
+    Within(Duration),
+    /// Never on its own.
+    OnRequest,
+}
+
 /// Everything the writer starts from, produced by recovery.
 #[derive(Debug)]
 pub(crate) struct WriterInit {
@@ -80,7 +92,7 @@ pub(crate) struct WriterInit {
     pub(crate) dir: PathBuf,
     pub(crate) codec_id: u32,
     pub(crate) segment_bytes: u64,
-    pub(crate) durability: Durability,
+    pub(crate) sync_policy: SyncPolicy,
     pub(crate) segments: Arc<Mutex<SegmentSet>>,
     pub(crate) shared: Arc<Shared>,
     pub(crate) active: Box<dyn StorageFile>,
@@ -137,7 +149,7 @@ pub(crate) struct WalWriter {
     buf: Vec<u8>,
     /// Written bytes not yet covered by an fsync.
     unsynced: bool,
-    /// When the oldest unsynced write happened (for `Durability::Interval`).
+    /// When the oldest unsynced write happened (for `SyncPolicy::Within`).
     unsynced_since: Option<Instant>,
     /// `written_seq` moved and the delivery task has not been woken for it yet.
     wake_pending: bool,
@@ -368,9 +380,9 @@ impl WalWriter {
     }
 
     fn sync_deadline(&self) -> Option<Instant> {
-        match self.init.durability {
-            Durability::Interval(d) => self.unsynced_since.map(|t| t + d),
-            // `Always` syncs at the end of every round; `Never` only on request.
+        match self.init.sync_policy {
+            SyncPolicy::Within(d) => self.unsynced_since.map(|t| t + d),
+            // `EveryRound` syncs at the end of every round; `OnRequest` only on request.
             _ => None,
         }
     }
@@ -546,7 +558,7 @@ impl WalWriter {
         }
         let wants_sync = !self.waiting_durable.is_empty()
             || !self.waiting_sync.is_empty()
-            || self.init.durability == Durability::Always
+            || self.init.sync_policy == SyncPolicy::EveryRound
             || self.sync_deadline().is_some_and(|d| d <= Instant::now());
         let res = if wants_sync {
             self.sync()

@@ -21,8 +21,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
-use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+
+use crate::deadline::sleep_until_opt;
 
 use super::message::{FlushRequest, WriterMsg, waiters_in};
 use super::{NO_SPACE_RETRY_FIRST, NO_SPACE_RETRY_MAX, Progress, Stop, WalWriter};
@@ -182,13 +183,6 @@ impl WalWriter {
             }
         }
         self.finish()
-    }
-}
-
-async fn sleep_until_opt(deadline: Option<Instant>) {
-    match deadline {
-        Some(d) => tokio::time::sleep_until(d).await,
-        None => std::future::pending().await,
     }
 }
 
