@@ -123,8 +123,8 @@ pub fn register(data: &[u8]) -> Option<u64> {
     // Writes after open must neither panic (a generation at its bound) nor lose to a
     // stale slot: the value read back is the last one written.
     for value in [opened.saturating_add(1), opened.saturating_add(2)] {
-        if r.write_durable(value).is_err() {
-            return Some(opened);
+        if let Err(e) = r.write_durable(value) {
+            panic!("invariant violation: an opened register cannot be written: {e}");
         }
         drop(r);
         r = match Register::open(storage.as_ref(), &path, RegisterKind::Cursor) {

@@ -34,9 +34,11 @@ pub(crate) const FRAME_PAYLOAD_LIMIT_BYTES: usize = 1 << 30;
 pub(crate) const MAX_SEQ: u64 = 1 << 62;
 /// Highest value a register slot may hold: a seq plus the lease's headroom.
 pub(crate) const REGISTER_VALUE_MAX: u64 = MAX_SEQ + (1 << 32);
-/// Highest generation a register slot may carry. One generation is spent per write, so
-/// 2^62 is beyond any real history; a larger one is damage (or forgery), and with this
-/// bound the next generation can never overflow.
+/// Highest generation a register slot read from disk may carry. One generation is spent
+/// per write, so 2^62 is beyond any real history; a larger one is damage (or forgery).
+/// A register opened above half of it is renumbered (see `Register::open`), so its
+/// writes never reach the bound, and a generation never overflows and wraps below a
+/// stale slot.
 pub(crate) const REGISTER_GENERATION_MAX: u64 = 1 << 62;
 
 /// Magic bytes opening each register slot (cursor and sequence lease files).

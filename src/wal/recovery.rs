@@ -105,6 +105,9 @@ fn io_err(op: &'static str, path: &Path) -> impl FnOnce(io::Error) -> OpenError 
     move |source| OpenError::Io { op, path, source }
 }
 
+/// Most directories above the WAL directory synced at open (deeper paths stop there).
+const MAX_DIR_DEPTH: usize = 64;
+
 /// A segment header as inspected in step 2.
 #[derive(Debug)]
 enum Inspected {
@@ -154,19 +157,9 @@ fn create_and_lock(s: &dyn Storage, dir: &Path) -> Result<Box<dyn LockGuard>, Op
             .map_err(io_err("sync parent directory", &parent))?;
     }
     let lock_path = dir.join(LOCK_FILE);
+    // A `LOCK` that is not a file is an error here, not quarantined: renaming it without
+    // holding the lock could race another open doing the same, and give both a lock.
     let lock = match s.try_lock(&lock_path) {
-        Err(LockError::Io(e)) if e.kind() == io::ErrorKind::IsADirectory => {
-            // Something that is not a file holds the lock's name. No sink can hold a
-            // lock on it (the lock is taken on a file), so it is set aside, not obeyed.
-            let mut names = list_names(s, dir)?;
-            let to = quarantine(s, dir, LOCK_FILE, &mut names)
-                .map_err(io_err("quarantine", &lock_path))?;
-            tracing::error!(to = %to.display(), "a directory named LOCK was quarantined");
-            s.try_lock(&lock_path)
-        }
-        other => other,
-    };
-    let lock = match lock {
         Ok(l) => l,
         Err(LockError::Held) => {
             return Err(OpenError::Locked {
@@ -187,23 +180,23 @@ fn create_and_lock(s: &dyn Storage, dir: &Path) -> Result<Box<dyn LockGuard>, Op
         }
     };
     if created.is_empty() {
-        // Sync the parent even of a directory found in place: the process that created
-        // it may have died before its own sync, leaving the entry in the page cache only.
-        // Best effort: a parent this process may not read is left alone (and logged).
-        let parent = parent_dir(dir);
-        if let Err(e) = s.sync_dir(&parent) {
-            tracing::warn!(dir = %parent.display(), error = %e, "could not sync the WAL directory's parent");
+        // Sync every directory above one found in place: the process that created it
+        // (and maybe its parents) may have died before its own syncs, leaving entries in
+        // the page cache only. Best effort: a directory this process may not read is
+        // left alone (and logged). Cheap: a clean directory has nothing to write.
+        let mut at = dir.to_path_buf();
+        for _ in 0..MAX_DIR_DEPTH {
+            let parent = parent_dir(&at);
+            if parent == at {
+                break;
+            }
+            if let Err(e) = s.sync_dir(&parent) {
+                tracing::warn!(dir = %parent.display(), error = %e, "could not sync a directory above the WAL directory");
+            }
+            at = parent;
         }
     }
     Ok(lock)
-}
-
-fn list_names(s: &dyn Storage, dir: &Path) -> Result<HashSet<String>, OpenError> {
-    Ok(s.list(dir)
-        .map_err(io_err("list", dir))?
-        .into_iter()
-        .map(|e| e.name)
-        .collect())
 }
 
 /// What step 2 found, before anything changed.
@@ -335,10 +328,13 @@ struct Repaired {
     cursor: Register,
     /// `None`: missing, unreadable or damaged; created in step 5 once `next_seq` is known.
     lease: Option<Register>,
-    /// No seq below this may be handed out (quarantined segments may have used them).
-    seq_floor: u64,
-    /// Highest seq that the directory shows was handed out (0: no history at all).
+    /// Highest seq that readable evidence shows was handed out: the cursor, readable
+    /// segment names (0: none).
     seen_seq_max: u64,
+    /// Highest seq that quarantined segments could have held (their names and sizes).
+    /// Unverifiable: it counts only without a trusted lease, and only far from the end
+    /// of the seq space (see `choose_active`).
+    unverified_seq_max: u64,
     /// Anything shows that seqs were handed out before (a segment, a cursor above 0).
     has_history: bool,
 }
@@ -374,11 +370,10 @@ fn repair(
         set_aside(name, "not a regular file", &mut names)?;
     }
 
-    let mut seq_floor = 1u64;
     // Seqs that readable segment names show were handed out (a quarantined name may be
-    // garbage, so it only ever raises `next_seq`, never condemns a register).
+    // garbage, so it never condemns a register).
     let mut named_seq_max = 0;
-    let mut seen_seq_max = quarantined_seq_max;
+    let mut unverified_seq_max = quarantined_seq_max;
     let mut has_history = quarantined_seq_max > 0;
     let mut set = SegmentSet::default();
     for seg in segments {
@@ -396,18 +391,13 @@ fn repair(
                 why,
             } => {
                 set_aside(&segment_file_name(first_seq), &why, &mut names)?;
-                // It may have held up to one record per frame header's worth of bytes;
-                // never hand out those seqs again.
-                let bound = first_seq
-                    .saturating_add(len / FRAME_HEADER_BYTES as u64)
-                    .saturating_add(1);
-                seq_floor = seq_floor.max(bound);
-                seen_seq_max = seen_seq_max.max(first_seq);
+                // It may have held up to one record per frame header's worth of bytes.
+                let bound = first_seq.saturating_add(len / FRAME_HEADER_BYTES as u64);
+                unverified_seq_max = unverified_seq_max.max(bound);
             }
         }
     }
 
-    seen_seq_max = seen_seq_max.max(named_seq_max);
     // The lease: no seq at or above it was ever handed out. So it must lie above every
     // seq the segment names show, and within the seq space.
     let lease = match lease {
@@ -470,7 +460,7 @@ fn repair(
     };
     let acked = cursor.value();
     has_history |= acked > 0;
-    seen_seq_max = seen_seq_max.max(acked);
+    let seen_seq_max = named_seq_max.max(acked);
     for seg in set.fully_acked(acked) {
         let path = segment_path(dir, seg.first_seq);
         // The cursor is durable (Register::open synced it), so these can go.
@@ -483,8 +473,8 @@ fn repair(
         segments: set,
         cursor,
         lease,
-        seq_floor,
         seen_seq_max,
+        unverified_seq_max,
         has_history,
     })
 }
@@ -574,15 +564,13 @@ fn choose_active(
         segments: mut set,
         cursor,
         lease,
-        seq_floor,
         seen_seq_max,
+        unverified_seq_max,
         has_history,
     } = repaired;
     let acked = cursor.value();
     let tail_last = tail.map_or(0, |t| t.last_seq);
-    let mut next_seq = seq_floor
-        .max(acked.saturating_add(1))
-        .max(tail_last.saturating_add(1));
+    let mut next_seq = acked.saturating_add(1).max(tail_last.saturating_add(1));
     // A lease at or below a frame's seq is stale (damage put an older slot back): as
     // untrustworthy as a missing one.
     let lease_trusted = lease.as_ref().is_some_and(|l| l.value() > tail_last);
@@ -594,18 +582,29 @@ fn choose_active(
         );
     }
     match &lease {
+        // Every seq this directory ever handed out lies below a trusted lease, the
+        // records of quarantined segments included.
         Some(l) if lease_trusted => next_seq = next_seq.max(l.value()),
         // Without a lease, seqs of records delivered and then erased by a power loss
-        // leave no trace. They lie within one lease block of the last seq anything
-        // shows (the writer renews the lease a block ahead of what it hands out), so
-        // jump past that.
+        // leave no trace. They lie within one lease block of the last frame the writer
+        // had synced when it last renewed the lease (it syncs before each renewal), so
+        // jump a block past every seq the directory shows.
         _ if has_history => {
-            next_seq = next_seq.max(
-                seen_seq_max
-                    .max(tail_last)
-                    .saturating_add(1)
-                    .saturating_add(LEASE_BLOCK),
-            );
+            let mut seen = seen_seq_max.max(tail_last);
+            if unverified_seq_max > seen {
+                // A quarantined file's name is not verified: honour it only far from
+                // the end of the seq space, or one stray empty file named near 2^62
+                // would leave the sink refusing every record.
+                if unverified_seq_max <= MAX_SEQ - 4 * LEASE_BLOCK {
+                    seen = unverified_seq_max;
+                } else {
+                    tracing::error!(
+                        unverified_seq_max,
+                        "a quarantined file names seqs near the end of the seq space; not honoured"
+                    );
+                }
+            }
+            next_seq = next_seq.max(seen.saturating_add(1).saturating_add(LEASE_BLOCK));
         }
         _ => {}
     }
@@ -613,7 +612,16 @@ fn choose_active(
     // what is on disk is delivered.
     let next_seq = next_seq.min(MAX_SEQ + 1);
     let lease = match lease {
-        Some(l) => l,
+        Some(mut l) => {
+            if l.value() < next_seq {
+                // A distrusted lease kept in place: raise it before anything names a
+                // seq above it (a new segment), or the next open finds it impossible.
+                let path = dir.join(SEQ_LEASE_FILE);
+                l.write_durable_mirrored(next_seq)
+                    .map_err(io_err("write register", &path))?;
+            }
+            l
+        }
         None => {
             let path = dir.join(SEQ_LEASE_FILE);
             Register::create(s, dir, SEQ_LEASE_FILE, RegisterKind::SeqLease, next_seq)

@@ -22,10 +22,14 @@ use std::io;
 use std::path::Path;
 
 use super::format::{
-    REGISTER_FILE_BYTES, REGISTER_GENERATION_MAX, REGISTER_SLOT_BYTES, REGISTER_SLOT_OFFSETS,
-    RegisterKind, RegisterSlot, SlotError,
+    REGISTER_FILE_BYTES, REGISTER_SLOT_BYTES, REGISTER_SLOT_OFFSETS, RegisterKind, RegisterSlot,
+    SlotError,
 };
 use super::storage::{Storage, StorageFile, read_full_at};
+
+/// A register opened with a generation above this is renumbered (half the decode bound,
+/// `REGISTER_GENERATION_MAX`: 2^61 writes, never reached by a real one).
+const REGISTER_RENUMBER_ABOVE: u64 = 1 << 61;
 
 /// An open register file.
 #[derive(Debug)]
@@ -98,10 +102,25 @@ impl Register {
         // Only then is this slot treated as the durable one.
         file.write_all_at(&slot.encode(), REGISTER_SLOT_OFFSETS[slot_index])?;
         file.sync()?;
+        let mut generation = slot.generation;
+        if generation > REGISTER_RENUMBER_ABOVE {
+            // Only a forged or damaged slot gets here. Renumber both slots to 1 and 2, the
+            // other slot first, each synced: at every point in between, both slots that
+            // decode hold this value, and later writes stay far below the decode bound.
+            for (index, renumbered) in [(1 - slot_index, 1), (slot_index, 2)] {
+                let slot = RegisterSlot {
+                    generation: renumbered,
+                    ..slot
+                };
+                file.write_all_at(&slot.encode(), REGISTER_SLOT_OFFSETS[index])?;
+                file.sync()?;
+            }
+            generation = 2;
+        }
         Ok(RegisterOpen::Loaded(Self {
             file,
             kind,
-            generation: slot.generation,
+            generation,
             value: slot.value,
             durable_value: slot.value,
             durable_slot: slot_index,
@@ -160,12 +179,11 @@ impl Register {
 
     /// Writes `value` to the scratch slot: survives a process crash, not a power loss.
     pub(crate) fn write(&mut self, value: u64) -> io::Result<()> {
-        // Decoding bounds a generation read from disk, so this fails only after 2^62
+        // Open renumbers a generation above 2^61, so this fails only after 2^61 more
         // writes: never in practice, and never by wrapping to a value a stale slot beats.
         let generation = self
             .generation
             .checked_add(1)
-            .filter(|&g| g <= REGISTER_GENERATION_MAX)
             .ok_or_else(|| io::Error::other("register generation exhausted"))?;
         let slot = RegisterSlot {
             kind: self.kind,
@@ -340,6 +358,7 @@ mod tests {
         r.write_durable(10)?;
         let scratch = REGISTER_SLOT_OFFSETS[1 - r.durable_slot];
         drop(r);
+        use crate::wal::format::REGISTER_GENERATION_MAX;
         for generation in [u64::MAX, u64::MAX - 1, REGISTER_GENERATION_MAX + 1] {
             let forged = RegisterSlot {
                 kind: RegisterKind::Cursor,
@@ -356,6 +375,25 @@ mod tests {
             assert_eq!(r.value(), 11, "generation {generation}");
             r.write_durable(10)?; // back to the starting state for the next round
         }
+        // The highest generation accepted wins, and the register stays writable.
+        let top = RegisterSlot {
+            kind: RegisterKind::Cursor,
+            generation: REGISTER_GENERATION_MAX,
+            value: 12,
+        };
+        for offset in REGISTER_SLOT_OFFSETS {
+            s.open(&path, true)?.write_all_at(&top.encode(), offset)?;
+        }
+        let mut r = loaded(Register::open(&s, &path, RegisterKind::Cursor)?);
+        assert_eq!(r.value(), 12);
+        for v in 13..20 {
+            r.write_durable(v)?;
+        }
+        drop(r);
+        assert_eq!(
+            loaded(Register::open(&s, &path, RegisterKind::Cursor)?).value(),
+            19
+        );
         Ok(())
     }
 

@@ -378,18 +378,23 @@ impl SegmentScanner {
     /// configured upper bound, and below what the file could physically hold (one
     /// frame per `FRAME_HEADER_BYTES` bytes at most).
     fn acceptable(&self, seq: u64) -> bool {
+        self.plausible(seq) && seq <= self.upper_seq
+    }
+
+    /// The seq window without the upper bound: a frame above `upper_seq` alone may be
+    /// a record not yet published (the active segment's frames beyond `written_seq`).
+    fn plausible(&self, seq: u64) -> bool {
         let physical = self
             .first_seq
             .saturating_add(self.file_len / FRAME_HEADER_BYTES as u64);
-        seq >= self.expected_seq.max(1)
-            && seq <= self.upper_seq
-            && seq <= physical
-            && seq <= MAX_SEQ
+        seq >= self.expected_seq.max(1) && seq <= physical && seq <= MAX_SEQ
     }
 
     /// Searches forward from `from` for the next valid frame with an acceptable seq.
-    /// Each offset is tried once. `Err(retry_from)` if none: retry from there if the
-    /// file grows (the first offset whose frame was merely incomplete, else the end).
+    /// Each offset is tried once. `Err(retry_from)` if none: retry from there once the
+    /// file grows or the upper bound rises (the first offset whose frame was merely
+    /// incomplete, or valid but above the upper bound, else the end). Skipping such a
+    /// frame instead would lose it, and every record after it, for good.
     fn resync(&mut self, from: u64) -> io::Result<Result<u64, u64>> {
         let mut at = from;
         let mut first_incomplete = None;
@@ -402,6 +407,12 @@ impl SegmentScanner {
                 None => return Ok(Err(first_incomplete.unwrap_or(at))),
                 Some(FrameStatus::Valid { .. }) => return Ok(Ok(at)),
                 Some(FrameStatus::Incomplete { .. }) => {
+                    first_incomplete.get_or_insert(at);
+                    at += 1;
+                }
+                Some(FrameStatus::Corrupt(CorruptionKind::SeqNotIncreasing { found, .. }))
+                    if found > self.upper_seq && self.plausible(found) =>
+                {
                     first_incomplete.get_or_insert(at);
                     at += 1;
                 }

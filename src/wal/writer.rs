@@ -67,7 +67,12 @@ pub(crate) use thread::{WriterExit, panic_message, spawn_writer};
 /// holds more than about this much plus one frame.
 pub(crate) const WRITE_BUF_BYTES: usize = 1 << 20;
 /// Seqs reserved per durable lease write: one small fsync per this many records.
+#[cfg(not(test))]
 pub(crate) const LEASE_BLOCK: u64 = 1 << 20;
+/// Small in unit tests, so that the model and fault tests renew the lease (and jump
+/// after crashes) every few dozen records instead of once per million.
+#[cfg(test)]
+pub(crate) const LEASE_BLOCK: u64 = 1 << 6;
 /// First and largest pause between write attempts while the disk is full.
 const NO_SPACE_RETRY_FIRST: Duration = Duration::from_millis(10);
 const NO_SPACE_RETRY_MAX: Duration = Duration::from_secs(1);
@@ -208,6 +213,10 @@ impl WalWriter {
         }
         let seq = self.init.next_seq;
         if seq >= self.init.lease.value() {
+            // Sync what is written first: should the lease file ever be lost, the next
+            // open continues a lease block past the last frame it finds, and only a
+            // synced frame is sure to be found. Once per lease block of records.
+            self.sync()?;
             // fsync the lease before handing out seqs above it: after a power loss the
             // next open starts at the lease, above every seq that may have been
             // delivered, so a seq is never reused for another record.
