@@ -62,24 +62,21 @@ pub mod crashpoint;
 mod deadline;
 mod drain;
 mod error;
-#[cfg(test)]
-mod fault_tests;
-#[doc(hidden)]
-pub mod fuzzing;
 mod handle;
-#[cfg(test)]
-mod hole_tests;
 mod inbox;
 mod metrics;
-#[cfg(test)]
-mod model_tests;
 mod shared;
-mod stats;
-// The simulated disk serves the fuzz entry points as well as the tests.
-#[cfg_attr(not(test), allow(dead_code))]
-mod sim;
 mod sink;
+mod stats;
+#[cfg(any(test, feature = "fuzzing"))]
+#[cfg_attr(not(test), allow(dead_code))]
+mod testing;
 mod wal;
+
+/// The fuzz targets' entry points (feature `fuzzing`). **Not API.**
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub use testing::fuzzing;
 
 /// The README's code blocks compile as doctests.
 #[cfg(doctest)]

@@ -120,7 +120,7 @@ fn directory_corpus_and_mutations_never_panic() {
     });
 }
 
-/// The named seeds (from `examples/fuzz_seeds.rs`) are real WALs: they must open and
+/// The named seeds (from `fuzz/tools/fuzz_seeds.rs`) are real WALs: they must open and
 /// read back every record. Inputs the fuzzer added may be refused; they only must not
 /// panic (checked above).
 #[test]

@@ -199,7 +199,7 @@ async fn sync_then_reopen_finds_every_record() -> Result<(), Box<dyn std::error:
 /// own allocation), through `try_push`, `push` and `push_durable`, with a queue of 2
 /// slots and a disk budget of 4 segments for ~7 MB of records, so that `push` often
 /// waits and `try_push` is sometimes refused. How often depends on timing; the
-/// deterministic version of those paths is `fault_tests::
+/// deterministic version of those paths is `testing::faults::
 /// records_held_or_refused_by_a_full_queue_arrive_whole`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn records_of_every_size_class_arrive_intact() -> Result<(), Box<dyn std::error::Error>> {

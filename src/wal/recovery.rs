@@ -5,9 +5,10 @@
 //! 1. Create the directory (`0700`) and each missing parent, sync the parent of each
 //!    one created (and, best effort, the parent of one found in place), and take the
 //!    lock (`LOCK`, flock): a second open gets `Locked`.
-//! 2. Inspect without changing anything: list files, read both registers (cursor, seq
-//!    lease) and every segment header. A CRC-valid file of an unknown format version, or
-//!    a segment written with another codec, refuses the open here, with nothing changed.
+//! 2. Inspect: list files, read both registers (cursor, seq lease) and every segment
+//!    header. A CRC-valid file of an unknown format version, or a segment written with
+//!    another codec, refuses the open here, with nothing changed but the registers'
+//!    winning slots, which reading rewrites in place and syncs (see `register`).
 //! 3. Repair: quarantine what cannot be read or trusted by renaming it to
 //!    `*.quarantined`, never deleting it: segments with a bad header, registers with no
 //!    valid slot, a lease at or below a seq the segment names show or beyond the seq
@@ -104,6 +105,10 @@ fn io_err(op: &'static str, path: &Path) -> impl FnOnce(io::Error) -> OpenError 
     let path = path.to_path_buf();
     move |source| OpenError::Io { op, path, source }
 }
+
+/// Highest seq a quarantined file's name (unverified evidence) may push `next_seq` to:
+/// half the seq space, so that honouring it always leaves 2^61 seqs to hand out.
+const UNVERIFIED_SEQ_MAX: u64 = MAX_SEQ / 2;
 
 /// Most directories above the WAL directory synced at open (deeper paths stop there).
 const MAX_DIR_DEPTH: usize = 64;
@@ -592,10 +597,10 @@ fn choose_active(
         _ if has_history => {
             let mut seen = seen_seq_max.max(tail_last);
             if unverified_seq_max > seen {
-                // A quarantined file's name is not verified: honour it only far from
-                // the end of the seq space, or one stray empty file named near 2^62
-                // would leave the sink refusing every record.
-                if unverified_seq_max <= MAX_SEQ - 4 * LEASE_BLOCK {
+                // A quarantined file's name is not verified: honour it only in the
+                // lower half of the seq space, or one stray empty file named near
+                // 2^62 would leave the sink with few seqs, or none, to hand out.
+                if unverified_seq_max <= UNVERIFIED_SEQ_MAX {
                     seen = unverified_seq_max;
                 } else {
                     tracing::error!(
@@ -639,6 +644,11 @@ fn choose_active(
             let file = s
                 .open(&path, true)
                 .map_err(io_err("open tail segment", &path))?;
+            // fsync the tail kept as the active segment: a process that crashed may have
+            // left its last frames in the page cache only. The writer relies on what it
+            // continues from being durable (its syncs cover only what it writes, and a
+            // lost lease is rebuilt from the last frame found after a power loss).
+            file.sync().map_err(io_err("sync tail segment", &path))?;
             preallocate(file.as_ref(), limits.segment_bytes);
             set.set_len(t.first_seq, t.valid_end);
             (file, t.first_seq, t.valid_end)

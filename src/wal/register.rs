@@ -22,8 +22,8 @@ use std::io;
 use std::path::Path;
 
 use super::format::{
-    REGISTER_FILE_BYTES, REGISTER_SLOT_BYTES, REGISTER_SLOT_OFFSETS, RegisterKind, RegisterSlot,
-    SlotError,
+    REGISTER_FILE_BYTES, REGISTER_SLOT_BYTES, REGISTER_SLOT_OFFSETS, REGISTER_VALUE_MAX,
+    RegisterKind, RegisterSlot, SlotError,
 };
 use super::storage::{Storage, StorageFile, read_full_at};
 
@@ -178,7 +178,14 @@ impl Register {
     }
 
     /// Writes `value` to the scratch slot: survives a process crash, not a power loss.
+    /// A value above `REGISTER_VALUE_MAX` is refused (it would not decode).
     pub(crate) fn write(&mut self, value: u64) -> io::Result<()> {
+        if value > REGISTER_VALUE_MAX {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("register value {value} above {REGISTER_VALUE_MAX}"),
+            ));
+        }
         // Open renumbers a generation above 2^61, so this fails only after 2^61 more
         // writes: never in practice, and never by wrapping to a value a stale slot beats.
         let generation = self
@@ -303,7 +310,7 @@ mod tests {
     /// then overwrote the other slot lost both to a power loss.
     #[test]
     fn a_slot_dropped_by_a_failed_fsync_is_made_durable_before_trusting_it() -> io::Result<()> {
-        use crate::sim::{Crash, SimDisk};
+        use crate::testing::sim::{Crash, SimDisk};
         for seed in 0..64 {
             let disk = SimDisk::new(seed);
             let dir = Path::new("/w");

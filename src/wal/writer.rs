@@ -66,7 +66,8 @@ pub(crate) use thread::{WriterExit, panic_message, spawn_writer};
 /// The write buffer is written out when it reaches this size, so one round never
 /// holds more than about this much plus one frame.
 pub(crate) const WRITE_BUF_BYTES: usize = 1 << 20;
-/// Seqs reserved per durable lease write: one small fsync per this many records.
+/// Seqs reserved per lease renewal: three fsyncs (the active segment, then each lease
+/// slot) per this many records.
 #[cfg(not(test))]
 pub(crate) const LEASE_BLOCK: u64 = 1 << 20;
 /// Small in unit tests, so that the model and fault tests renew the lease (and jump

@@ -45,7 +45,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use crate::actor::SplitMix64;
-use crate::sim::{Crash, SimDisk};
+use crate::testing::sim::{Crash, SimDisk};
 use crate::wal::format::{
     FRAME_HEADER_BYTES, FrameHeader, MAX_SEQ, REGISTER_GENERATION_MAX, REGISTER_SLOT_BYTES,
     REGISTER_SLOT_OFFSETS, RegisterKind, RegisterSlot, SEGMENT_HEADER_BYTES,
@@ -156,7 +156,7 @@ impl Case {
     fn ctx(&self) -> String {
         let tail: Vec<&String> = self.steps.iter().rev().take(12).collect();
         format!(
-            "seed {} (rerun: WALSINK_SEED={} cargo test --lib model); last steps, newest first: {tail:?}",
+            "seed {} (rerun: WALSINK_SEED={} cargo test --lib testing::model); last steps, newest first: {tail:?}",
             self.seed, self.seed
         )
     }

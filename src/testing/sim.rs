@@ -33,7 +33,9 @@
 //! - `damage(path, offset, bytes)`: overwrites bytes in both the live and the durable
 //!   image (bit rot, or a forged file), without going through a write.
 //! - `hold_syncs(true)`: every file fsync blocks until `hold_syncs(false)` (a gate to
-//!   stop a thread at a known point).
+//!   stop a thread at a known point; `syncs_held` says how many wait there).
+//! - `fail_writes(true)`: every write and `fallocate` fails with ENOSPC and writes
+//!   nothing, overwrites included (a disk that is full for every purpose).
 //! - `panic_on_write(true)`: the next file write panics (a bug in the caller's thread).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -118,6 +120,8 @@ struct State {
     space_bytes: Option<u64>,
     /// Per mille of reads and read-only opens that fail transiently.
     flaky_reads: u32,
+    /// Every write fails with ENOSPC.
+    fail_writes: bool,
     panic_on_write: bool,
 }
 
@@ -171,13 +175,21 @@ impl State {
     }
 }
 
+/// The fsync gate's state.
+#[derive(Debug, Default)]
+struct Gate {
+    held: bool,
+    /// Fsyncs waiting at the gate now.
+    waiting: u32,
+}
+
 /// The simulated disk. Clone the `Arc` to share it; [`SimDisk::storage`] gives the
 /// `Storage` of the current epoch.
 #[derive(Debug)]
 pub(crate) struct SimDisk {
     state: Mutex<State>,
-    /// `hold_syncs`: while the flag is set, fsyncs wait on the condvar.
-    sync_gate: (Mutex<bool>, Condvar),
+    /// `hold_syncs`: while held, fsyncs wait on the condvar.
+    sync_gate: (Mutex<Gate>, Condvar),
 }
 
 impl SimDisk {
@@ -195,9 +207,10 @@ impl SimDisk {
                 fail_sync_after: None,
                 space_bytes: None,
                 flaky_reads: 0,
+                fail_writes: false,
                 panic_on_write: false,
             }),
-            sync_gate: (Mutex::new(false), Condvar::new()),
+            sync_gate: (Mutex::new(Gate::default()), Condvar::new()),
         })
     }
 
@@ -249,16 +262,32 @@ impl SimDisk {
     /// While `true`, every file fsync blocks until it is set back to `false`.
     pub(crate) fn hold_syncs(&self, hold: bool) {
         let (m, cv) = &self.sync_gate;
-        *m.lock().unwrap_or_else(PoisonError::into_inner) = hold;
+        m.lock().unwrap_or_else(PoisonError::into_inner).held = hold;
         cv.notify_all();
+    }
+
+    /// How many fsyncs wait at the gate now.
+    pub(crate) fn syncs_held(&self) -> u32 {
+        self.sync_gate
+            .0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .waiting
     }
 
     fn wait_sync_gate(&self) {
         let (m, cv) = &self.sync_gate;
-        let mut held = m.lock().unwrap_or_else(PoisonError::into_inner);
-        while *held {
-            held = cv.wait(held).unwrap_or_else(PoisonError::into_inner);
+        let mut gate = m.lock().unwrap_or_else(PoisonError::into_inner);
+        while gate.held {
+            gate.waiting += 1;
+            gate = cv.wait(gate).unwrap_or_else(PoisonError::into_inner);
+            gate.waiting -= 1;
         }
+    }
+
+    /// While `true`, every write and `fallocate` fails with ENOSPC, writing nothing.
+    pub(crate) fn fail_writes(&self, fail: bool) {
+        self.lock().fail_writes = fail;
     }
 
     /// Makes the next file write panic (then clears itself).
@@ -582,6 +611,9 @@ impl StorageFile for SimFile {
             drop(s);
             panic!("simulated bug: panic inside a file write");
         }
+        if s.fail_writes {
+            return Err(io::Error::from(io::ErrorKind::StorageFull));
+        }
         if !self.writable {
             return Err(io::Error::from(io::ErrorKind::PermissionDenied));
         }
@@ -660,6 +692,9 @@ impl StorageFile for SimFile {
         let old = s.inodes.get(&self.inode).map_or(0, |n| n.live.len() as u64);
         if len <= old {
             return Ok(());
+        }
+        if s.fail_writes {
+            return Err(io::Error::from(io::ErrorKind::StorageFull));
         }
         if let Some(space) = s.space_bytes
             && len - old > space.saturating_sub(s.live_bytes())

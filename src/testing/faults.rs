@@ -1,113 +1,24 @@
-//! Sticky I/O failure, tested through the storage trait.
-//!
-//! `FaultyStorage` wraps the real filesystem and, when told, fails fsyncs with EIO or
-//! writes with ENOSPC. The rules under test: after a failed fsync the sink refuses
-//! pushes and `sync()` (`SinkError::Io`; docs/GUARANTEES.md §1), never claims durability again (even
-//! once the disk "recovers"), and a reopen recovers what was durable; a full disk holds
+//! Sticky I/O failure and a full disk, through the storage trait, on the simulated
+//! disk's fault knobs (failing fsync, every write failing with ENOSPC, the fsync gate).
+//! The rules under test: after a failed fsync the sink refuses pushes and `sync()`
+//! (`SinkError::Io`; docs/GUARANTEES.md §1), never claims durability again (even once
+//! the disk "recovers"), and a reopen recovers what was durable; a full disk holds
 //! writes without losing accepted records and resumes when space returns.
 
 use std::io;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::wal::storage::{DirEntryInfo, LockError, LockGuard, RealStorage, Storage, StorageFile};
+use crate::testing::sim::SimDisk;
 use crate::{
     Batch, BincodeCodec, Codec, DrainError, Durability, DurableSink, SinkConfig, SinkDrain,
     SinkError,
 };
 
-#[derive(Debug, Default)]
-struct Faults {
-    fail_sync: AtomicBool,
-    fail_write: AtomicBool,
-    /// While set, fsyncs wait (spinning on the caller's thread) until it is cleared.
-    hold_sync: AtomicBool,
-    /// Set by an fsync that is waiting on `hold_sync`.
-    in_held_sync: AtomicBool,
-}
-
-#[derive(Debug)]
-struct FaultyStorage {
-    faults: Arc<Faults>,
-}
-
-#[derive(Debug)]
-struct FaultyFile {
-    inner: Box<dyn StorageFile>,
-    faults: Arc<Faults>,
-}
-
-impl Storage for FaultyStorage {
-    fn create_dir(&self, path: &Path) -> io::Result<()> {
-        RealStorage.create_dir(path)
-    }
-    fn list(&self, dir: &Path) -> io::Result<Vec<DirEntryInfo>> {
-        RealStorage.list(dir)
-    }
-    fn create_new(&self, path: &Path) -> io::Result<Box<dyn StorageFile>> {
-        Ok(Box::new(FaultyFile {
-            inner: RealStorage.create_new(path)?,
-            faults: Arc::clone(&self.faults),
-        }))
-    }
-    fn open(&self, path: &Path, write: bool) -> io::Result<Box<dyn StorageFile>> {
-        Ok(Box::new(FaultyFile {
-            inner: RealStorage.open(path, write)?,
-            faults: Arc::clone(&self.faults),
-        }))
-    }
-    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
-        RealStorage.rename(from, to)
-    }
-    fn remove_file(&self, path: &Path) -> io::Result<()> {
-        RealStorage.remove_file(path)
-    }
-    fn sync_dir(&self, dir: &Path) -> io::Result<()> {
-        RealStorage.sync_dir(dir)
-    }
-    fn try_lock(&self, path: &Path) -> Result<Box<dyn LockGuard>, LockError> {
-        RealStorage.try_lock(path)
-    }
-}
-
-impl StorageFile for FaultyFile {
-    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
-        self.inner.read_at(buf, offset)
-    }
-    fn write_all_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
-        if self.faults.fail_write.load(Ordering::SeqCst) {
-            return Err(io::Error::from(io::ErrorKind::StorageFull));
-        }
-        self.inner.write_all_at(buf, offset)
-    }
-    fn sync(&self) -> io::Result<()> {
-        while self.faults.hold_sync.load(Ordering::SeqCst) {
-            self.faults.in_held_sync.store(true, Ordering::SeqCst);
-            std::thread::yield_now();
-        }
-        if self.faults.fail_sync.load(Ordering::SeqCst) {
-            return Err(io::Error::other("injected EIO on fsync"));
-        }
-        self.inner.sync()
-    }
-    fn set_len(&self, len: u64) -> io::Result<()> {
-        self.inner.set_len(len)
-    }
-    fn len(&self) -> io::Result<u64> {
-        self.inner.len()
-    }
-    fn allocate(&self, len: u64) -> io::Result<()> {
-        if self.faults.fail_write.load(Ordering::SeqCst) {
-            return Err(io::Error::from(io::ErrorKind::StorageFull));
-        }
-        self.inner.allocate(len)
-    }
-}
-
+/// Collects records (not seqs).
 struct Collect(Arc<Mutex<Vec<u64>>>);
 
 impl SinkDrain<u64> for Collect {
@@ -119,6 +30,9 @@ impl SinkDrain<u64> for Collect {
         Ok(())
     }
 }
+
+/// The WAL directory on the simulated disk.
+const DIR: &str = "/wal";
 
 /// Yields until `n` records have been accepted (no sleeping, no timing).
 async fn wait_until_pushed(sink: &DurableSink<u64>, n: u64) {
@@ -139,18 +53,14 @@ fn config(dir: &Path) -> SinkConfig {
 }
 
 async fn open_faulty(
-    dir: &Path,
-    faults: &Arc<Faults>,
+    disk: &Arc<SimDisk>,
     got: &Arc<Mutex<Vec<u64>>>,
 ) -> (DurableSink<u64>, crate::SinkHandle, CancellationToken) {
     let shutdown = CancellationToken::new();
     let codec: Arc<dyn Codec<u64>> = Arc::new(BincodeCodec);
-    let storage = Arc::new(FaultyStorage {
-        faults: Arc::clone(faults),
-    });
     let (sink, handle) = DurableSink::open_on(
-        storage,
-        config(dir),
+        disk.storage(),
+        config(Path::new(DIR)),
         codec,
         Collect(Arc::clone(got)),
         shutdown.clone(),
@@ -162,20 +72,19 @@ async fn open_faulty(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_fsync_is_sticky_and_never_reported_as_durable() {
-    let tmp = tempfile::tempdir().expect("tempdir");
-    let faults = Arc::new(Faults::default());
+    let disk = SimDisk::new(1);
     let got = Arc::new(Mutex::new(Vec::new()));
-    let (sink, handle, shutdown) = open_faulty(tmp.path(), &faults, &got).await;
+    let (sink, handle, shutdown) = open_faulty(&disk, &got).await;
     assert_eq!(sink.push_durable(1).await, Ok(1));
 
-    faults.fail_sync.store(true, Ordering::SeqCst);
+    disk.fail_sync_after(Some(1));
     assert!(matches!(sink.push_durable(2).await, Err(SinkError::Io(_))));
     assert!(matches!(sink.sync().await, Err(SinkError::Io(_))));
     assert!(matches!(sink.try_push(3), Err(SinkError::Io(_))));
     assert!(matches!(sink.push(4).await, Err(SinkError::Io(_))));
 
     // The disk "recovers": the sink still refuses to claim durability.
-    faults.fail_sync.store(false, Ordering::SeqCst);
+    disk.fail_sync_after(None);
     assert!(matches!(sink.sync().await, Err(SinkError::Io(_))));
     assert!(matches!(sink.push_durable(5).await, Err(SinkError::Io(_))));
     assert!(sink.stats().write_errors >= 1);
@@ -187,8 +96,8 @@ async fn a_failed_fsync_is_sticky_and_never_reported_as_durable() {
 
     // A reopen recovers what was durable.
     let got2 = Arc::new(Mutex::new(Vec::new()));
-    let (sink, handle, shutdown) =
-        open_faulty(tmp.path(), &Arc::new(Faults::default()), &got2).await;
+    disk.fail_writes(false);
+    let (sink, handle, shutdown) = open_faulty(&disk, &got2).await;
     sink.flush().await.expect("flush");
     let all: Vec<u64> = got
         .lock()
@@ -214,15 +123,14 @@ async fn a_failed_fsync_is_sticky_and_never_reported_as_durable() {
 /// damaged, and everything completes once space is back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_disk_holds_writes_and_resumes_when_space_returns() {
-    let tmp = tempfile::tempdir().expect("tempdir");
-    let faults = Arc::new(Faults::default());
+    let disk = SimDisk::new(1);
     let got = Arc::new(Mutex::new(Vec::new()));
-    let (sink, handle, shutdown) = open_faulty(tmp.path(), &faults, &got).await;
+    let (sink, handle, shutdown) = open_faulty(&disk, &got).await;
     for i in 0..50 {
         sink.push(i).await.expect("push");
     }
     sink.sync().await.expect("sync");
-    faults.fail_write.store(true, Ordering::SeqCst);
+    disk.fail_writes(true);
     // Queued in this order, deterministically: 98, then 99 (durable), then the sync.
     sink.try_push(98).expect("queue has room");
     let durable = {
@@ -257,7 +165,7 @@ async fn a_full_disk_holds_writes_and_resumes_when_space_returns() {
         "durability reported while the disk was full"
     );
 
-    faults.fail_write.store(false, Ordering::SeqCst);
+    disk.fail_writes(false);
     let seq = durable
         .await
         .expect("task")
@@ -283,15 +191,14 @@ async fn a_full_disk_holds_writes_and_resumes_when_space_returns() {
 /// choice), reports it, and a reopen still has everything that was durable.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_while_the_disk_is_full_reports_and_keeps_what_was_durable() {
-    let tmp = tempfile::tempdir().expect("tempdir");
-    let faults = Arc::new(Faults::default());
+    let disk = SimDisk::new(1);
     let got = Arc::new(Mutex::new(Vec::new()));
-    let (sink, handle, shutdown) = open_faulty(tmp.path(), &faults, &got).await;
+    let (sink, handle, shutdown) = open_faulty(&disk, &got).await;
     for i in 0..20 {
         sink.push(i).await.expect("push");
     }
     sink.sync().await.expect("sync");
-    faults.fail_write.store(true, Ordering::SeqCst);
+    disk.fail_writes(true);
     let durable = {
         let sink = sink.clone();
         tokio::spawn(async move { sink.push_durable(99).await })
@@ -309,8 +216,8 @@ async fn shutdown_while_the_disk_is_full_reports_and_keeps_what_was_durable() {
     ));
 
     let got2 = Arc::new(Mutex::new(Vec::new()));
-    let (sink, handle, shutdown) =
-        open_faulty(tmp.path(), &Arc::new(Faults::default()), &got2).await;
+    disk.fail_writes(false);
+    let (sink, handle, shutdown) = open_faulty(&disk, &got2).await;
     sink.flush().await.expect("flush");
     let mut all: Vec<u64> = got
         .lock()
@@ -353,20 +260,16 @@ impl SinkDrain<Vec<u8>> for CollectBytes {
 /// Once space returns, exactly the accepted records arrive, byte for byte.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn records_held_or_refused_by_a_full_queue_arrive_whole() {
-    let tmp = tempfile::tempdir().expect("tempdir");
-    let faults = Arc::new(Faults::default());
+    let disk = SimDisk::new(4);
     let got = Arc::new(Mutex::new(Vec::new()));
-    let mut cfg = config(tmp.path());
+    let mut cfg = config(Path::new(DIR));
     cfg.max_record_bytes = 16 << 10;
     cfg.segment_bytes = 16 << 10;
     cfg.max_disk_bytes = 16 << 20;
     let shutdown = CancellationToken::new();
     let codec: Arc<dyn Codec<Vec<u8>>> = Arc::new(crate::RawCodec);
-    let storage = Arc::new(FaultyStorage {
-        faults: Arc::clone(&faults),
-    });
     let (sink, handle) = DurableSink::open_on(
-        storage,
+        disk.storage(),
         cfg,
         codec,
         CollectBytes(Arc::clone(&got)),
@@ -390,13 +293,13 @@ async fn records_held_or_refused_by_a_full_queue_arrive_whole() {
     sink.sync().await.expect("sync");
 
     // Park the writer in the fsync of a durable push, then fill the queue.
-    faults.hold_sync.store(true, Ordering::SeqCst);
+    disk.hold_syncs(true);
     let parked = {
         let sink = sink.clone();
         accepted.push(record(2));
         tokio::spawn(async move { sink.push_durable(record(2)).await })
     };
-    while !faults.in_held_sync.load(Ordering::SeqCst) {
+    while disk.syncs_held() == 0 {
         tokio::task::yield_now().await;
     }
     for i in 3..3 + 64 {
@@ -408,8 +311,8 @@ async fn records_held_or_refused_by_a_full_queue_arrive_whole() {
         Err(SinkError::Overflow)
     ));
     // The disk is full when the writer takes them.
-    faults.fail_write.store(true, Ordering::SeqCst);
-    faults.hold_sync.store(false, Ordering::SeqCst);
+    disk.fail_writes(true);
+    disk.hold_syncs(false);
     parked
         .await
         .expect("task")
@@ -441,7 +344,7 @@ async fn records_held_or_refused_by_a_full_queue_arrive_whole() {
             tokio::spawn(async move { sink.push(record(i)).await })
         })
         .collect();
-    faults.fail_write.store(false, Ordering::SeqCst);
+    disk.fail_writes(false);
     for w in waiting {
         w.await.expect("task").expect("push after space returned");
     }

@@ -3,7 +3,7 @@
 //! From then on a `kill -9` cannot lose the record.
 //!
 //! ```text
-//! cargo run --release --example write_window [SAMPLES]
+//! cd benches && cargo run --release --example write_window [SAMPLES]
 //! ```
 //!
 //! Each sample pushes one record into an idle sink and busy-polls `written_seq`.

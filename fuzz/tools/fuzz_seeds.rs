@@ -1,7 +1,7 @@
 //! Writes seed corpora for the fuzz targets from real WAL directories.
 //!
 //! ```text
-//! cargo run --example fuzz_seeds [OUT_DIR]     # default: fuzz/seeds
+//! cd fuzz && cargo run --bin fuzz_seeds [OUT_DIR]     # default: seeds (fuzz/seeds)
 //! ```
 //!
 //! Scenarios: records delivered (cursor moved, segments deleted), records left on disk
@@ -100,7 +100,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let out = std::path::PathBuf::from(
         std::env::args()
             .nth(1)
-            .unwrap_or_else(|| "fuzz/seeds".into()),
+            .unwrap_or_else(|| "seeds".into()),
     );
     let tmp = std::env::temp_dir().join(format!("walsink-fuzz-seeds-{}", std::process::id()));
     let small: Vec<Vec<u8>> = (0..40u32)

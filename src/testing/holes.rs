@@ -3,17 +3,18 @@
 //! the fix: records confirmed durable (or never acknowledged) were lost, a second owner
 //! could write the directory, or a failure was reported as a clean shutdown.
 //!
-//! Method: the real sink on the simulated disk (`crate::sim`), whose faults are chosen
+//! Method: the real sink on the simulated disk (`crate::testing::sim`), whose faults are chosen
 //! by the test (power loss, transient read errors, held fsyncs, a panicking write), so
 //! every interleaving that matters is forced rather than hoped for.
 
 use std::path::Path;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::sim::{Crash, SimDisk};
+use crate::testing::drains::{Collect, Log, Stuck, log_of};
+use crate::testing::sim::{Crash, SimDisk};
 use crate::wal::format::{
     FRAME_HEADER_BYTES, MAX_SEQ, REGISTER_SLOT_OFFSETS, RegisterKind, RegisterSlot,
     SEGMENT_HEADER_BYTES, SegmentHeader, encode_frame, segment_file_name,
@@ -32,34 +33,6 @@ const POWER_LOSS: Crash = Crash::PowerLoss {
 };
 /// Every await in these tests finishes long before this, or the test has found a hang.
 const HANG: Duration = Duration::from_secs(10);
-
-type Log = Arc<Mutex<Vec<(u64, u64)>>>;
-
-fn log_of(log: &Log) -> Vec<(u64, u64)> {
-    log.lock().unwrap_or_else(PoisonError::into_inner).clone()
-}
-
-/// Acknowledges every batch and logs `(seq, record)`.
-struct Collect(Log);
-
-impl SinkDrain<u64> for Collect {
-    async fn write_batch(&mut self, batch: Batch<u64>) -> Result<(), DrainError> {
-        self.0
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .extend(batch.into_pairs());
-        Ok(())
-    }
-}
-
-/// Never acknowledges: everything stays on disk.
-struct Stuck;
-
-impl SinkDrain<u64> for Stuck {
-    async fn write_batch(&mut self, _batch: Batch<u64>) -> Result<(), DrainError> {
-        std::future::pending().await
-    }
-}
 
 fn config(dir: &Path) -> SinkConfig {
     SinkConfig {
@@ -477,7 +450,8 @@ async fn a_stray_file_named_near_the_end_of_the_seq_space_does_not_exhaust_it() 
             crate::wal::storage::create_dir_chain(disk.storage().as_ref(), dir).expect("mkdir");
         }
         let s = disk.storage();
-        for seq in [MAX_SEQ, MAX_SEQ - 7] {
+        // Just past the cutoff up to the end (a name at or below it is honoured).
+        for seq in [MAX_SEQ, MAX_SEQ - 7, MAX_SEQ / 2 + 1] {
             s.create_new(&dir.join(segment_file_name(seq)))
                 .expect("stray");
         }

@@ -4,12 +4,11 @@
 //! Each function takes arbitrary bytes, must return (bounded work), and must not panic
 //! except on a violated invariant of walsink itself, which is what the fuzzer hunts.
 
-use std::io;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use crate::codec::BINCODE_CODEC_ID;
-use crate::sim::SimDisk;
+use crate::testing::sim::SimDisk;
 use crate::wal::format::{
     HeaderStatus, REGISTER_SLOT_BYTES, REGISTER_SLOT_OFFSETS, RegisterKind, RegisterSlot,
     decode_frame,
@@ -23,34 +22,13 @@ use crate::wal::storage::{Storage, StorageFile};
 /// Largest payload the fuzz entry points accept (keeps executions fast).
 const FUZZ_MAX_RECORD_BYTES: usize = 1 << 16;
 
-/// A read-only in-memory file.
-#[derive(Debug)]
-struct MemFile(Vec<u8>);
-
-impl StorageFile for MemFile {
-    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
-        let start = usize::try_from(offset)
-            .unwrap_or(usize::MAX)
-            .min(self.0.len());
-        let n = buf.len().min(self.0.len() - start);
-        buf[..n].copy_from_slice(&self.0[start..start + n]);
-        Ok(n)
-    }
-    fn write_all_at(&self, _buf: &[u8], _offset: u64) -> io::Result<()> {
-        Err(io::Error::from(io::ErrorKind::PermissionDenied))
-    }
-    fn sync(&self) -> io::Result<()> {
-        Ok(())
-    }
-    fn set_len(&self, _len: u64) -> io::Result<()> {
-        Err(io::Error::from(io::ErrorKind::PermissionDenied))
-    }
-    fn len(&self) -> io::Result<u64> {
-        Ok(self.0.len() as u64)
-    }
-    fn allocate(&self, _len: u64) -> io::Result<()> {
-        Err(io::Error::from(io::ErrorKind::PermissionDenied))
-    }
+/// `data` as a file on a fresh simulated disk, opened for reading.
+fn sim_file(data: &[u8]) -> Option<Box<dyn StorageFile>> {
+    let disk = SimDisk::new(0);
+    let storage = disk.storage();
+    let path = Path::new("/file");
+    storage.create_new(path).ok()?.write_all_at(data, 0).ok()?;
+    storage.open(path, false).ok()
 }
 
 /// Decodes `data` as a segment file: header, then every frame, skipping damage.
@@ -58,12 +36,14 @@ impl StorageFile for MemFile {
 /// one step per byte (it must: every step moves forward).
 pub fn segment(data: &[u8]) -> usize {
     let _ = decode_frame(data, FUZZ_MAX_RECORD_BYTES);
-    let file = MemFile(data.to_vec());
-    let first_seq = match read_header(&file) {
+    let Some(file) = sim_file(data) else {
+        return 0;
+    };
+    let first_seq = match read_header(file.as_ref()) {
         Ok(HeaderStatus::Valid(h)) => h.first_seq.max(1),
         _ => 1,
     };
-    let mut scanner = SegmentScanner::new(Box::new(file), first_seq, FUZZ_MAX_RECORD_BYTES);
+    let mut scanner = SegmentScanner::new(file, first_seq, FUZZ_MAX_RECORD_BYTES);
     let mut frames = 0;
     let mut last_seq = 0;
     for _ in 0..=data.len() + 2 {
@@ -121,8 +101,9 @@ pub fn register(data: &[u8]) -> Option<u64> {
     };
     let opened = r.value();
     // Writes after open must neither panic (a generation at its bound) nor lose to a
-    // stale slot: the value read back is the last one written.
-    for value in [opened.saturating_add(1), opened.saturating_add(2)] {
+    // stale slot: the value read back is the last one written (values that decode).
+    let base = opened.min(crate::wal::format::REGISTER_VALUE_MAX - 2);
+    for value in [base + 1, base + 2] {
         if let Err(e) = r.write_durable(value) {
             panic!("invariant violation: an opened register cannot be written: {e}");
         }
