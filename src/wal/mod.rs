@@ -60,9 +60,15 @@
 //! | 6 (cursor synced, deleted) | not replayed | not replayed; an undone delete is redone at open |
 //!
 //! A seq always names one record: before handing out seqs past the lease, the writer
-//! fsyncs a higher lease, and every open starts at or above the lease. A record that
-//! was delivered before a power loss erased it from the WAL therefore never has its
-//! seq reused by a different record.
+//! syncs its frames and fsyncs a higher lease into both register slots, and every open
+//! starts at or above the lease (or, if the lease cannot be trusted, a lease block past
+//! every seq the directory shows). A record that was delivered before a power loss
+//! erased it from the WAL therefore never has its seq reused by a different record.
+//! The writer refuses to hand out a seq past `MAX_SEQ` rather than write a frame no
+//! reader would accept.
+//!
+//! The directory itself is made durable before anything in it is confirmed: open
+//! fsyncs the parent of every directory it creates.
 //!
 //! # Invariants checked with `assert!`
 //!
@@ -70,7 +76,7 @@
 //! - `written_seq`, `synced_seq` and the cursor never move back; `synced_seq <=
 //!   written_seq`;
 //! - a segment is deleted only when the durable cursor is past it, and the active
-//!   segment never is;
+//!   segment never is; the cursor recovery trusts is below the seq lease;
 //! - a new segment starts above every existing one.
 
 pub(crate) mod cursor;
