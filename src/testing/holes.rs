@@ -63,6 +63,30 @@ async fn within<F: std::future::Future>(what: &str, f: F) -> F::Output {
         .unwrap_or_else(|_| panic!("{what} hung"))
 }
 
+/// Cancels, drops the sink and waits for the shutdown; the result is ignored (after a
+/// simulated crash the old process's I/O fails, which is expected).
+async fn wind_down(sink: DurableSink<u64>, handle: SinkHandle, shutdown: CancellationToken) {
+    shutdown.cancel();
+    drop(sink);
+    let _ = within("join", handle.join()).await;
+}
+
+/// As [`wind_down`], but the shutdown must be clean.
+async fn stop(sink: DurableSink<u64>, handle: SinkHandle, shutdown: CancellationToken) {
+    shutdown.cancel();
+    drop(sink);
+    within("join", handle.join()).await.expect("join");
+}
+
+/// The records (not seqs) [`deliver_all`] delivers.
+async fn records_delivered(disk: &Arc<SimDisk>, cfg: SinkConfig) -> Vec<u64> {
+    deliver_all(disk, cfg)
+        .await
+        .into_iter()
+        .map(|p| p.1)
+        .collect()
+}
+
 /// Opens with a collecting drain, flushes, shuts down; returns what was delivered.
 async fn deliver_all(disk: &Arc<SimDisk>, cfg: SinkConfig) -> Vec<(u64, u64)> {
     let log = Log::default();
@@ -70,9 +94,7 @@ async fn deliver_all(disk: &Arc<SimDisk>, cfg: SinkConfig) -> Vec<(u64, u64)> {
         .await
         .expect("reopen");
     within("flush", sink.flush()).await.expect("flush");
-    shutdown.cancel();
-    drop(sink);
-    within("join", handle.join()).await.expect("join");
+    stop(sink, handle, shutdown).await;
     log_of(&log)
 }
 
@@ -94,14 +116,8 @@ async fn records_confirmed_in_a_directory_open_created_survive_power_loss() {
             .expect("push_durable");
     }
     disk.crash(POWER_LOSS);
-    shutdown.cancel();
-    drop(sink);
-    let _ = within("join", handle.join()).await;
-    let got: Vec<u64> = deliver_all(&disk, config(dir))
-        .await
-        .into_iter()
-        .map(|p| p.1)
-        .collect();
+    wind_down(sink, handle, shutdown).await;
+    let got: Vec<u64> = records_delivered(&disk, config(dir)).await;
     assert_eq!(got, (0..10).collect::<Vec<_>>());
 }
 
@@ -119,14 +135,8 @@ async fn a_directory_left_unsynced_by_a_crashed_process_is_made_durable_at_open(
         .await
         .expect("push_durable");
     disk.crash(POWER_LOSS);
-    shutdown.cancel();
-    drop(sink);
-    let _ = within("join", handle.join()).await;
-    let got: Vec<u64> = deliver_all(&disk, config(dir))
-        .await
-        .into_iter()
-        .map(|p| p.1)
-        .collect();
+    wind_down(sink, handle, shutdown).await;
+    let got: Vec<u64> = records_delivered(&disk, config(dir)).await;
     assert_eq!(got, vec![7]);
 }
 
@@ -234,9 +244,7 @@ async fn write_undelivered(disk: &Arc<SimDisk>, dir: &Path, n: u64) {
         within("push", sink.push(id)).await.expect("push");
     }
     within("sync", sink.sync()).await.expect("sync");
-    shutdown.cancel();
-    drop(sink);
-    within("join", handle.join()).await.expect("join");
+    stop(sink, handle, shutdown).await;
 }
 
 /// Hole: a CRC-valid cursor far above the seq lease made open delete every sealed
@@ -254,11 +262,7 @@ async fn a_cursor_above_the_lease_deletes_nothing() {
         1_000,
         1 << 40,
     );
-    let got: Vec<u64> = deliver_all(&disk, config(dir))
-        .await
-        .into_iter()
-        .map(|p| p.1)
-        .collect();
+    let got: Vec<u64> = records_delivered(&disk, config(dir)).await;
     assert_eq!(got, (0..2_000).collect::<Vec<_>>());
     assert!(
         disk.names_in(dir).iter().any(|n| n.starts_with("CURSOR.")),
@@ -296,14 +300,8 @@ async fn the_writer_fails_closed_at_the_end_of_the_seq_space() {
         }
     }
     assert!(refused > 0, "the seq space should have run out");
-    shutdown.cancel();
-    drop(sink);
-    let _ = within("join", handle.join()).await;
-    let got: Vec<u64> = deliver_all(&disk, config(dir))
-        .await
-        .into_iter()
-        .map(|p| p.1)
-        .collect();
+    wind_down(sink, handle, shutdown).await;
+    let got: Vec<u64> = records_delivered(&disk, config(dir)).await;
     assert_eq!(got, confirmed);
 }
 
@@ -330,9 +328,7 @@ async fn a_lease_beyond_the_seq_space_is_damage() {
         .expect("push_durable");
     assert!(seq > 50 && seq <= MAX_SEQ, "seq {seq}");
     within("flush", sink.flush()).await.expect("flush");
-    shutdown.cancel();
-    drop(sink);
-    within("join", handle.join()).await.expect("join");
+    stop(sink, handle, shutdown).await;
     let got: Vec<u64> = log_of(&log).into_iter().map(|p| p.1).collect();
     assert_eq!(got, (0..=50).collect::<Vec<_>>());
 }
@@ -365,9 +361,7 @@ async fn a_lost_lease_never_lets_a_seq_name_two_records() {
     // Power loss: the unsynced frames (and cursor writes) are gone; the lease file is
     // damaged too.
     disk.crash(POWER_LOSS);
-    shutdown.cancel();
-    drop(sink);
-    let _ = within("join", handle.join()).await;
+    wind_down(sink, handle, shutdown).await;
     disk.damage(&dir.join("SEQ_LEASE"), 0, &[0xFF; 64])
         .expect("damage");
     disk.damage(&dir.join("SEQ_LEASE"), 4096, &[0xFF; 32])
@@ -382,9 +376,7 @@ async fn a_lost_lease_never_lets_a_seq_name_two_records() {
         "seq {seq} handed out again (records up to seq {highest} were delivered)"
     );
     assert!(seq > LEASE_BLOCK, "seq {seq}: no jump by the lease block");
-    shutdown.cancel();
-    drop(sink);
-    let _ = within("join", handle.join()).await;
+    wind_down(sink, handle, shutdown).await;
 }
 
 /// Hole (found in review): the writer renewed the lease without syncing the frames
@@ -413,9 +405,7 @@ async fn a_lost_lease_after_many_renewals_never_lets_a_seq_name_two_records() {
         }
         within("flush", sink.flush()).await.expect("flush");
         disk.crash(POWER_LOSS);
-        shutdown.cancel();
-        drop(sink);
-        let _ = within("join", handle.join()).await;
+        wind_down(sink, handle, shutdown).await;
         for offset in REGISTER_SLOT_OFFSETS {
             disk.damage(&dir.join("SEQ_LEASE"), offset, &[0xFF; 32])
                 .expect("damage");
@@ -429,9 +419,7 @@ async fn a_lost_lease_after_many_renewals_never_lets_a_seq_name_two_records() {
             seq > highest,
             "seed {seed}: seq {seq} handed out again (records up to seq {highest} were delivered)"
         );
-        shutdown.cancel();
-        drop(sink);
-        let _ = within("join", handle.join()).await;
+        wind_down(sink, handle, shutdown).await;
     }
 }
 
@@ -465,9 +453,7 @@ async fn a_stray_file_named_near_the_end_of_the_seq_space_does_not_exhaust_it() 
                 .unwrap_or_else(|e| panic!("existing {existing}, round {round}: {e}"));
             assert!(seq < MAX_SEQ / 2, "seq {seq}");
             within("flush", sink.flush()).await.expect("flush");
-            shutdown.cancel();
-            drop(sink);
-            within("join", handle.join()).await.expect("join");
+            stop(sink, handle, shutdown).await;
             assert_eq!(log_of(&log).last().map(|p| p.1), Some(1_000 + round));
         }
     }
@@ -544,9 +530,7 @@ async fn the_lock_outlives_a_panicking_drain_until_the_writer_is_done() {
     );
     drop(sink);
     let (sink, handle, shutdown) = open(&disk, cfg, Stuck).await.expect("open after exit");
-    shutdown.cancel();
-    drop(sink);
-    within("join", handle.join()).await.expect("join");
+    stop(sink, handle, shutdown).await;
 }
 
 /// Same hole, other path: the application drops its runtime. The delivery task is
@@ -671,19 +655,13 @@ async fn a_directory_named_like_a_segment_or_register_is_set_aside() {
     }
     // After a crash the next open starts a new segment at the lease.
     disk.crash(Crash::Process);
-    shutdown.cancel();
-    drop(sink);
-    let _ = within("join", handle.join()).await;
+    wind_down(sink, handle, shutdown).await;
     let s = disk.storage();
     for seq in [1 + LEASE_BLOCK, 5] {
         s.create_dir(&dir.join(segment_file_name(seq)))
             .expect("mkdir");
     }
-    let got: Vec<u64> = deliver_all(&disk, config(dir))
-        .await
-        .into_iter()
-        .map(|p| p.1)
-        .collect();
+    let got: Vec<u64> = records_delivered(&disk, config(dir)).await;
     assert_eq!(got, (0..30).collect::<Vec<_>>());
     // Registers replaced by directories: both are set aside and recreated.
     let disk = SimDisk::new(13);
@@ -694,11 +672,7 @@ async fn a_directory_named_like_a_segment_or_register_is_set_aside() {
             .expect("move");
         s.create_dir(&dir.join(name)).expect("mkdir");
     }
-    let got: Vec<u64> = deliver_all(&disk, config(dir))
-        .await
-        .into_iter()
-        .map(|p| p.1)
-        .collect();
+    let got: Vec<u64> = records_delivered(&disk, config(dir)).await;
     assert_eq!(got, (0..5).collect::<Vec<_>>());
     // A LOCK that is a directory is a clear error, not renamed: renaming it without
     // holding the lock could race another open and give both a lock.
@@ -742,9 +716,7 @@ async fn pending_counts_records_not_the_seq_gap_left_by_a_crash() {
             sink.recovery()
         );
         disk.crash(Crash::Process);
-        shutdown.cancel();
-        drop(sink);
-        let _ = within("join", handle.join()).await;
+        wind_down(sink, handle, shutdown).await;
     }
     let (sink, handle, shutdown) = open(&disk, cfg, Stuck).await.expect("open");
     assert_eq!(sink.pending(), 30);
