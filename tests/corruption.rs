@@ -287,22 +287,6 @@ impl walsink::SinkDrain<Vec<u8>> for RawStuck {
     }
 }
 
-/// CRC-32 (IEEE), bitwise: the test's own implementation, independent of the crate's.
-fn crc32(data: &[u8]) -> u32 {
-    let mut crc = !0u32;
-    for &b in data {
-        crc ^= u32::from(b);
-        for _ in 0..8 {
-            crc = if crc & 1 != 0 {
-                (crc >> 1) ^ 0xEDB8_8320
-            } else {
-                crc >> 1
-            };
-        }
-    }
-    !crc
-}
-
 /// A CRC-valid segment header for `first_seq`, built with the test's own CRC.
 fn forged_segment(first_seq: u64) -> Vec<u8> {
     let mut b = vec![0x89, b'W', b'S', b'K', b'\r', b'\n', 0x1a, b'\n'];
@@ -360,16 +344,9 @@ async fn a_forged_cursor_beyond_the_seq_space_is_quarantined()
 -> Result<(), Box<dyn std::error::Error>> {
     let tmp = tempfile::tempdir()?;
     write_wal(tmp.path(), 20).await?;
-    let mut slot = b"WSRG".to_vec();
-    slot.extend_from_slice(&1u16.to_le_bytes()); // version
-    slot.extend_from_slice(&1u16.to_le_bytes()); // kind: cursor
-    slot.extend_from_slice(&1_000u64.to_le_bytes()); // generation
-    slot.extend_from_slice(&u64::MAX.to_le_bytes()); // acked "everything"
-    slot.extend_from_slice(&0u32.to_le_bytes());
-    let crc = crc32(&slot);
-    slot.extend_from_slice(&crc.to_le_bytes());
+    // Acked "everything", in one slot.
     let mut file = vec![0u8; 4096 + 32];
-    file[..32].copy_from_slice(&slot);
+    file[..32].copy_from_slice(&register_slot(1, 1_000, u64::MAX));
     std::fs::write(tmp.path().join("CURSOR"), file)?;
     let (got, _, report) = reopen_and_drain(tmp.path()).await?;
     assert!(report.cursor_reset, "{report:?}");

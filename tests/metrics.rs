@@ -144,3 +144,58 @@ async fn every_metric_is_published_and_moves() -> Result<(), Box<dyn std::error:
     handle.join().await?;
     Ok(())
 }
+
+/// After a crash the writer continues at the seq lease, so up to a lease block of seqs
+/// name no record. The `pending` gauge counts records: here a lease 1 000 seqs ahead of
+/// 10 unacknowledged records (what a crash leaves), 4 of them acknowledged, leaves 6
+/// pending, not 995.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_pending_gauge_counts_records_not_seqs_a_crash_left_unused()
+-> Result<(), Box<dyn std::error::Error>> {
+    let rec = recorder();
+    let tmp = tempfile::tempdir()?;
+    let mut cfg = small_config(tmp.path());
+    cfg.batch_size = 4;
+    cfg.flush_interval = std::time::Duration::from_millis(1);
+    // The first run's drain never acknowledges: its shutdown waits this long.
+    cfg.shutdown_timeout = std::time::Duration::from_millis(20);
+    let shutdown = CancellationToken::new();
+    let (sink, handle) = DurableSink::<u64>::open(cfg.clone(), Stuck, shutdown.clone()).await?;
+    for i in 0..10u64 {
+        sink.push(i).await?;
+    }
+    sink.sync().await?;
+    shutdown.cancel();
+    handle.join().await?;
+    // The lease a crash would have left: durable, a block ahead of the last frame.
+    let mut lease = vec![0u8; 4096 + 32];
+    lease[..32].copy_from_slice(&register_slot(2, 1_000, 1_000));
+    lease[4096..].copy_from_slice(&register_slot(2, 999, 1_000));
+    std::fs::write(tmp.path().join("SEQ_LEASE"), lease)?;
+
+    cfg.metric_prefix = Some("gap".to_string());
+    let gate = Arc::new(tokio::sync::Semaphore::new(1));
+    let (entered, mut batches) = tokio::sync::mpsc::unbounded_channel();
+    let drain = Gated {
+        log: new_log(),
+        gate: Arc::clone(&gate),
+        entered,
+    };
+    let shutdown = CancellationToken::new();
+    let (sink, handle) = DurableSink::<u64>::open(cfg, drain, shutdown.clone()).await?;
+    assert_eq!(sink.recovery().replay_records, 10);
+    assert_eq!(sink.pending(), 10);
+    // The first batch is acknowledged; the second waits at the gate, which means the
+    // first one's cursor advance (and gauge update) is done.
+    assert_eq!(batches.recv().await.ok_or("no batch")?, vec![1, 2, 3, 4]);
+    assert_eq!(batches.recv().await.ok_or("no batch")?, vec![5, 6, 7, 8]);
+    assert_eq!(rec.gauge("gap_pending"), Some(6.0));
+    assert_eq!(sink.pending(), 6);
+    gate.add_permits(100);
+    sink.flush().await?;
+    assert_eq!(rec.gauge("gap_pending"), Some(0.0));
+    shutdown.cancel();
+    let report = handle.join().await?;
+    assert_eq!(report.left_on_disk, 0);
+    Ok(())
+}

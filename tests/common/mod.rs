@@ -227,3 +227,33 @@ pub fn seed_or(default: u64) -> u64 {
         .and_then(|s| s.parse().ok())
         .unwrap_or(default)
 }
+
+/// CRC-32 (IEEE), bitwise: the tests' own implementation, independent of the crate's.
+pub fn crc32(data: &[u8]) -> u32 {
+    let mut crc = !0u32;
+    for &b in data {
+        crc ^= u32::from(b);
+        for _ in 0..8 {
+            crc = if crc & 1 != 0 {
+                (crc >> 1) ^ 0xEDB8_8320
+            } else {
+                crc >> 1
+            };
+        }
+    }
+    !crc
+}
+
+/// A CRC-valid register slot (docs/FORMAT.md §4) built with the tests' own CRC: `kind`
+/// 1 is the cursor, 2 the seq lease.
+pub fn register_slot(kind: u16, generation: u64, value: u64) -> Vec<u8> {
+    let mut slot = b"WSRG".to_vec();
+    slot.extend_from_slice(&1u16.to_le_bytes()); // version
+    slot.extend_from_slice(&kind.to_le_bytes());
+    slot.extend_from_slice(&generation.to_le_bytes());
+    slot.extend_from_slice(&value.to_le_bytes());
+    slot.extend_from_slice(&0u32.to_le_bytes()); // reserved
+    let crc = crc32(&slot);
+    slot.extend_from_slice(&crc.to_le_bytes());
+    slot
+}
