@@ -3,8 +3,8 @@
 
 use std::fmt;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -22,14 +22,11 @@ use crate::handle::SinkHandle;
 use crate::metrics::Metrics;
 use crate::shared::Shared;
 use crate::stats::SinkStats;
-use crate::wal::cursor::Cursor;
 use crate::wal::format::frame_bytes;
-use crate::wal::reader::WalReader;
-use crate::wal::recovery::{RecoveryLimits, RecoveryReport, recover};
+use crate::wal::recovery::RecoveryReport;
 use crate::wal::storage::{RealStorage, Storage};
-use crate::wal::writer::{
-    DurableReply, Payload, SyncPolicy, WalWriter, WriterInit, WriterMsg, spawn_writer,
-};
+use crate::wal::writer::{DurableReply, Payload, SyncPolicy, WriterMsg, spawn_writer};
+use crate::wal::{Wal, WalConfig};
 
 thread_local! {
     /// Per-thread encode buffer, reused across pushes.
@@ -58,7 +55,7 @@ thread_local! {
 /// A drain that collects, a sink in a temporary directory, a flush, a clean shutdown:
 ///
 /// ```
-/// use std::sync::{Arc, Mutex};
+/// use std::sync::Arc;
 /// use walsink::{Batch, DrainError, DurableSink, SinkConfig, SinkDrain};
 ///
 /// struct Collect(Arc<Mutex<Vec<(u64, String)>>>);
@@ -220,83 +217,34 @@ impl<T: Send + 'static> DurableSink<T> {
         shutdown: CancellationToken,
     ) -> Result<(Self, SinkHandle), OpenError> {
         config.validate()?;
-        let limits = RecoveryLimits {
+        let wal_config = WalConfig {
+            dir: config.dir.clone(),
             codec_id: codec.id(),
             segment_bytes: config.segment_bytes,
             max_record_bytes: config.max_record_bytes,
-        };
-        let dir = config.dir.clone();
-        let rec = {
-            let (storage, dir) = (Arc::clone(&storage), dir.clone());
-            tokio::task::spawn_blocking(move || recover(&storage, &dir, limits))
-                .await
-                .map_err(|e| OpenError::Io {
-                    op: "recover",
-                    path: config.dir.clone(),
-                    source: std::io::Error::other(e.to_string()),
-                })??
-        };
-
-        let shared = Arc::new(Shared::new(
-            Metrics::new(config.metric_prefix.as_deref()),
-            config.max_disk_bytes,
-            rec.gaps,
-        ));
-        let initial_bytes = rec.segments.total_bytes();
-        shared.disk_used.store(initial_bytes, Ordering::Relaxed);
-        shared
-            .wal_segments
-            .store(rec.segments.count() as u64, Ordering::Relaxed);
-        shared.quarantined_segments.add(
-            rec.report.quarantined.len() as u64,
-            &shared.metrics.quarantined_segments,
-        );
-        let last_seq = rec.next_seq - 1;
-        shared.written_seq.store(last_seq, Ordering::Relaxed);
-        shared.synced_seq.store(last_seq, Ordering::Relaxed);
-        shared
-            .acked_seq
-            .store(rec.cursor.value(), Ordering::Relaxed);
-        let segments = Arc::new(Mutex::new(rec.segments));
-        // Held by the cursor and by the writer thread: released only when both are done
-        // with the directory, however either ends.
-        let lock: Arc<dyn crate::wal::storage::LockGuard> = Arc::from(rec.lock);
-
-        let acked = rec.cursor.value();
-        let reader = WalReader::new(
-            Arc::clone(&storage),
-            dir.clone(),
-            Arc::clone(&segments),
-            config.max_record_bytes,
-            acked.saturating_add(1),
-        );
-        let cursor = Cursor::new(
-            rec.cursor,
-            Arc::clone(&storage),
-            dir.clone(),
-            Arc::clone(&segments),
-            Arc::clone(&shared),
-            Arc::clone(&lock),
-        );
-        let writer = WalWriter::new(WriterInit {
-            storage: Arc::clone(&storage),
-            dir: dir.clone(),
-            codec_id: codec.id(),
-            segment_bytes: config.segment_bytes,
+            max_disk_bytes: config.max_disk_bytes,
             sync_policy: match config.durability {
                 Durability::Always => SyncPolicy::EveryRound,
                 Durability::Interval(d) => SyncPolicy::Within(d),
                 Durability::Never => SyncPolicy::OnRequest,
             },
-            segments,
-            shared: Arc::clone(&shared),
-            active: rec.active,
-            active_first_seq: rec.active_first_seq,
-            active_len: rec.active_len,
-            next_seq: rec.next_seq,
-            lease: rec.lease,
-            lock,
-        });
+        };
+        let metrics = Metrics::new(config.metric_prefix.as_deref());
+        let dir = config.dir.clone();
+        let Wal {
+            shared,
+            writer,
+            reader,
+            cursor,
+            replay_through,
+            report,
+        } = tokio::task::spawn_blocking(move || Wal::open(storage, wal_config, metrics))
+            .await
+            .map_err(|e| OpenError::Io {
+                op: "recover",
+                path: config.dir.clone(),
+                source: std::io::Error::other(e.to_string()),
+            })??;
 
         // The writer stops on the user's token, or when the delivery task ends for any
         // reason (including a panic): producers then see `Closed`, never a hang.
@@ -323,7 +271,7 @@ impl<T: Send + 'static> DurableSink<T> {
             writer_exit: exit_rx,
             shutdown,
             stop_writer,
-            replay_through: last_seq,
+            replay_through,
             batch_size: config.batch_size,
             flush_interval: config.flush_interval,
             retry: config.retry,
@@ -338,7 +286,7 @@ impl<T: Send + 'static> DurableSink<T> {
                 overflow: config.overflow,
                 max_record_bytes: config.max_record_bytes,
                 dir,
-                report: rec.report,
+                report,
             }),
         };
         Ok((sink, SinkHandle::new(task, thread)))

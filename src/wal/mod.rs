@@ -15,6 +15,14 @@
 //! Byte layouts are in `docs/FORMAT.md` and [`format`]. Only [`storage`] touches the
 //! filesystem, so a simulated disk can stand in for it.
 //!
+//! # Entry points
+//!
+//! - [`Wal::open`] (in `open.rs`): the sink's one door. It recovers the directory and
+//!   hands back the writer (for the writer thread), the reader and the cursor (for the
+//!   delivery task) and the state they share.
+//! - [`view::WalView`]: a read-only look at a directory that a live sink may own: no
+//!   lock, no repair, no byte changed. For tools.
+//!
 //! # Limits
 //!
 //! - a frame's payload: `max_record_bytes` (at most 1 GiB, the format limit); a larger
@@ -81,9 +89,13 @@
 
 pub(crate) mod cursor;
 pub(crate) mod format;
+mod open;
 pub(crate) mod reader;
 pub(crate) mod recovery;
 pub(crate) mod register;
 pub(crate) mod segment;
 pub(crate) mod storage;
+pub(crate) mod view;
 pub(crate) mod writer;
+
+pub(crate) use open::{Wal, WalConfig};

@@ -61,6 +61,45 @@ pub(crate) enum RegisterOpen {
     UnsupportedVersion(u16),
 }
 
+/// What [`Register::peek`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum RegisterPeek {
+    /// The value of the winning slot.
+    Value(u64),
+    /// The file does not exist.
+    Missing,
+    /// Neither slot decodes.
+    Unreadable,
+    /// A CRC-valid slot of an unknown version.
+    UnsupportedVersion(u16),
+}
+
+/// The slot a reader trusts: the valid one with the higher generation.
+enum Winner {
+    Slot(usize, RegisterSlot),
+    Unreadable,
+    UnsupportedVersion(u16),
+}
+
+/// Decodes both slots and picks the winner (see the module doc).
+fn winning_slot(file: &dyn StorageFile, kind: RegisterKind) -> io::Result<Winner> {
+    let mut best: Option<(usize, RegisterSlot)> = None;
+    for (i, &offset) in REGISTER_SLOT_OFFSETS.iter().enumerate() {
+        let mut buf = [0u8; REGISTER_SLOT_BYTES];
+        let n = read_full_at(file, &mut buf, offset)?;
+        match RegisterSlot::decode(buf.get(..n).unwrap_or_default(), kind) {
+            Ok(slot) => {
+                if best.is_none_or(|(_, b)| slot.generation > b.generation) {
+                    best = Some((i, slot));
+                }
+            }
+            Err(SlotError::UnsupportedVersion(v)) => return Ok(Winner::UnsupportedVersion(v)),
+            Err(SlotError::Corrupt(_)) => {}
+        }
+    }
+    Ok(best.map_or(Winner::Unreadable, |(i, slot)| Winner::Slot(i, slot)))
+}
+
 impl Register {
     /// Opens an existing register file and makes its current value durable (a value
     /// read back from the page cache may not be durable yet; see the comment inside).
@@ -74,24 +113,10 @@ impl Register {
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(RegisterOpen::Missing),
             Err(e) => return Err(e),
         };
-        let mut best: Option<(usize, RegisterSlot)> = None;
-        for (i, &offset) in REGISTER_SLOT_OFFSETS.iter().enumerate() {
-            let mut buf = [0u8; REGISTER_SLOT_BYTES];
-            let n = read_full_at(file.as_ref(), &mut buf, offset)?;
-            match RegisterSlot::decode(buf.get(..n).unwrap_or_default(), kind) {
-                Ok(slot) => {
-                    if best.is_none_or(|(_, b)| slot.generation > b.generation) {
-                        best = Some((i, slot));
-                    }
-                }
-                Err(SlotError::UnsupportedVersion(v)) => {
-                    return Ok(RegisterOpen::UnsupportedVersion(v));
-                }
-                Err(SlotError::Corrupt(_)) => {}
-            }
-        }
-        let Some((slot_index, slot)) = best else {
-            return Ok(RegisterOpen::Unreadable);
+        let (slot_index, slot) = match winning_slot(file.as_ref(), kind)? {
+            Winner::Slot(index, slot) => (index, slot),
+            Winner::Unreadable => return Ok(RegisterOpen::Unreadable),
+            Winner::UnsupportedVersion(v) => return Ok(RegisterOpen::UnsupportedVersion(v)),
         };
         // Rewrite the winning slot in place, then fsync. The slot may be in the page
         // cache only: written before a process crash, or, worse, left clean-but-not-
@@ -175,6 +200,26 @@ impl Register {
     /// The value that survives a power loss.
     pub(crate) fn durable_value(&self) -> u64 {
         self.durable_value
+    }
+
+    /// Reads a register file's current value without changing anything (no lock, no
+    /// rewrite, no fsync): for reading a directory a live sink may own. The value is
+    /// what the next open would start from, before its cross-checks.
+    pub(crate) fn peek(
+        storage: &dyn Storage,
+        path: &Path,
+        kind: RegisterKind,
+    ) -> io::Result<RegisterPeek> {
+        let file = match storage.open(path, false) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(RegisterPeek::Missing),
+            Err(e) => return Err(e),
+        };
+        Ok(match winning_slot(file.as_ref(), kind)? {
+            Winner::Slot(_, slot) => RegisterPeek::Value(slot.value),
+            Winner::Unreadable => RegisterPeek::Unreadable,
+            Winner::UnsupportedVersion(v) => RegisterPeek::UnsupportedVersion(v),
+        })
     }
 
     /// Writes `value` to the scratch slot: survives a process crash, not a power loss.
