@@ -55,7 +55,7 @@ thread_local! {
 /// A drain that collects, a sink in a temporary directory, a flush, a clean shutdown:
 ///
 /// ```
-/// use std::sync::Arc;
+/// use std::sync::{Arc, Mutex};
 /// use walsink::{Batch, DrainError, DurableSink, SinkConfig, SinkDrain};
 ///
 /// struct Collect(Arc<Mutex<Vec<(u64, String)>>>);
