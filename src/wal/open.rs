@@ -16,7 +16,7 @@ use super::cursor::Cursor;
 use super::reader::WalReader;
 use super::recovery::{RecoveryLimits, RecoveryReport, recover};
 use super::storage::{LockGuard, Storage};
-use super::writer::{SyncPolicy, WalWriter, WriterInit};
+use super::writer::{SyncPolicy, WalWriter, WriterLog};
 use crate::error::OpenError;
 use crate::metrics::Metrics;
 use crate::shared::Shared;
@@ -103,7 +103,7 @@ impl Wal {
             Arc::clone(&shared),
             Arc::clone(&lock),
         );
-        let writer = WalWriter::new(WriterInit {
+        let writer = WalWriter::new(WriterLog {
             storage,
             dir: cfg.dir,
             codec_id: cfg.codec_id,

@@ -91,9 +91,11 @@ pub(crate) enum SyncPolicy {
     OnRequest,
 }
 
-/// Everything the writer starts from, produced by recovery.
+/// The log as the writer holds it: where it writes (the active segment, its length,
+/// the next seq), the lease it hands seqs out under, and what it needs to roll and sync.
+/// Produced by recovery; the writer keeps it current.
 #[derive(Debug)]
-pub(crate) struct WriterInit {
+pub(crate) struct WriterLog {
     pub(crate) storage: Arc<dyn Storage>,
     pub(crate) dir: PathBuf,
     pub(crate) codec_id: u32,
@@ -151,7 +153,7 @@ enum Progress {
 /// The writer's state. See the module doc.
 #[derive(Debug)]
 pub(crate) struct WalWriter {
-    init: WriterInit,
+    log: WriterLog,
     buf: Vec<u8>,
     /// Written bytes not yet covered by an fsync.
     unsynced: bool,
@@ -176,9 +178,9 @@ pub(crate) struct WalWriter {
 }
 
 impl WalWriter {
-    pub(crate) fn new(init: WriterInit) -> Self {
+    pub(crate) fn new(log: WriterLog) -> Self {
         Self {
-            init,
+            log,
             buf: Vec::with_capacity(WRITE_BUF_BYTES),
             unsynced: false,
             unsynced_since: None,
@@ -194,26 +196,26 @@ impl WalWriter {
     }
 
     fn last_seq(&self) -> u64 {
-        self.init.next_seq - 1
+        self.log.next_seq - 1
     }
 
     /// Frames one record into the buffer (rolling first if needed); returns its seq.
     fn append(&mut self, payload: &[u8]) -> Result<u64, Stop> {
-        if self.init.next_seq > MAX_SEQ {
+        if self.log.next_seq > MAX_SEQ {
             // Fail closed: a frame above the seq space would be written, confirmed and
             // then refused by every reader as damage.
             return Err(Stop::Fatal(io::Error::other(format!(
                 "the seq space is exhausted (next seq {} above {MAX_SEQ})",
-                self.init.next_seq
+                self.log.next_seq
             ))));
         }
         let frame = frame_bytes(payload.len());
-        let used = self.init.active_len + self.buf.len() as u64;
-        if used > SEGMENT_HEADER_BYTES as u64 && used + frame > self.init.segment_bytes {
+        let used = self.log.active_len + self.buf.len() as u64;
+        if used > SEGMENT_HEADER_BYTES as u64 && used + frame > self.log.segment_bytes {
             self.roll()?;
         }
-        let seq = self.init.next_seq;
-        if seq >= self.init.lease.value() {
+        let seq = self.log.next_seq;
+        if seq >= self.log.lease.value() {
             // Sync what is written first: should the lease file ever be lost, the next
             // open continues a lease block past the last frame it finds, and only a
             // synced frame is sure to be found. Once per lease block of records.
@@ -221,13 +223,13 @@ impl WalWriter {
             // fsync the lease before handing out seqs above it: after a power loss the
             // next open starts at the lease, above every seq that may have been
             // delivered, so a seq is never reused for another record.
-            self.init
+            self.log
                 .lease
                 .write_durable_mirrored(seq.saturating_add(LEASE_BLOCK).min(MAX_SEQ + 1))?;
             crate::crashpoint::hit("lease.after_renew");
         }
         encode_frame(&mut self.buf, seq, payload);
-        self.init.next_seq = seq + 1;
+        self.log.next_seq = seq + 1;
         Ok(seq)
     }
 
@@ -239,7 +241,7 @@ impl WalWriter {
     fn tally(&mut self) {
         let n = std::mem::take(&mut self.untallied);
         if n > 0 {
-            let shared = &self.init.shared;
+            let shared = &self.log.shared;
             shared
                 .taken
                 .fetch_add(n, std::sync::atomic::Ordering::Relaxed);
@@ -252,11 +254,7 @@ impl WalWriter {
         if self.buf.is_empty() {
             return Ok(());
         }
-        if let Err(e) = self
-            .init
-            .active
-            .write_all_at(&self.buf, self.init.active_len)
-        {
+        if let Err(e) = self.log.active.write_all_at(&self.buf, self.log.active_len) {
             if !is_no_space(&e) {
                 return Err(Stop::Fatal(e));
             }
@@ -264,20 +262,20 @@ impl WalWriter {
             // last complete frame and the retry writes at the same offset. If even that
             // fails, the file's end is unknown: fatal. No fsync: the partial bytes were
             // never synced either, and recovery trims a torn tail after any crash.
-            self.init.active.set_len(self.init.active_len)?;
+            self.log.active.set_len(self.log.active_len)?;
             return Err(Stop::NoSpace(e));
         }
         crate::crashpoint::hit("writer.after_write");
-        self.init.active_len += self.buf.len() as u64;
+        self.log.active_len += self.buf.len() as u64;
         self.buf.clear();
-        self.init
+        self.log
             .segments
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .set_len(self.init.active_first_seq, self.init.active_len);
+            .set_len(self.log.active_first_seq, self.log.active_len);
         self.unsynced = true;
         self.unsynced_since.get_or_insert_with(Instant::now);
-        self.init.shared.publish_written(self.last_seq());
+        self.log.shared.publish_written(self.last_seq());
         self.wake_pending = true;
         Ok(())
     }
@@ -287,8 +285,8 @@ impl WalWriter {
     /// before the writer waits and after each full write buffer, so the wake-up (a
     /// futex call when the task sleeps) comes after the round's fsync, not before it.
     fn wake_delivery(&mut self) {
-        if std::mem::take(&mut self.wake_pending) && self.init.shared.delivery_wants_wake() {
-            self.init.shared.data_ready.notify_one();
+        if std::mem::take(&mut self.wake_pending) && self.log.shared.delivery_wants_wake() {
+            self.log.shared.data_ready.notify_one();
         }
     }
 
@@ -301,18 +299,18 @@ impl WalWriter {
         // fsync the active segment: until it returns, a power loss may drop any record
         // written since the last one, so no waiter is answered before it. Any error here
         // is fatal, ENOSPC included (writeback failed; the data may be gone).
-        self.init.active.sync().map_err(Stop::Fatal)?;
+        self.log.active.sync().map_err(Stop::Fatal)?;
         crate::crashpoint::hit("writer.after_sync");
         let took = started.elapsed();
         self.fsync_avg = (self.fsync_avg * 7 + took) / 8;
-        self.init
+        self.log
             .shared
             .metrics
             .fsync_seconds
             .record(took.as_secs_f64());
         self.unsynced = false;
         self.unsynced_since = None;
-        self.init.shared.publish_synced(self.last_seq());
+        self.log.shared.publish_synced(self.last_seq());
         Ok(())
     }
 
@@ -320,7 +318,7 @@ impl WalWriter {
     /// ends at its last frame, so readers and recovery never meet the zeros.
     fn seal_active(&mut self) -> Result<(), Stop> {
         self.write_out()?;
-        self.init.active.set_len(self.init.active_len)?;
+        self.log.active.set_len(self.log.active_len)?;
         self.unsynced = true;
         // fsync: makes the frames and the trimmed size durable together.
         self.sync()
@@ -331,17 +329,17 @@ impl WalWriter {
         // so what this segment holds must be durable before the writer moves on.
         self.seal_active()?;
         crate::crashpoint::hit("writer.roll.before_create");
-        let first_seq = self.init.next_seq;
+        let first_seq = self.log.next_seq;
         let header = SegmentHeader {
-            codec_id: self.init.codec_id,
+            codec_id: self.log.codec_id,
             first_seq,
             prev_last_seq: self.last_seq(),
         };
         let file = match create_segment(
-            self.init.storage.as_ref(),
-            &self.init.dir,
+            self.log.storage.as_ref(),
+            &self.log.dir,
             header,
-            self.init.segment_bytes,
+            self.log.segment_bytes,
         ) {
             Ok(f) => f,
             Err(e) if is_no_space(&e) => {
@@ -350,8 +348,8 @@ impl WalWriter {
                 // No directory fsync: if a crash undoes the delete, recovery finds an
                 // empty segment, which it keeps like any other and deletes once the
                 // cursor passes it.
-                let path = segment_path(&self.init.dir, first_seq);
-                match self.init.storage.remove_file(&path) {
+                let path = segment_path(&self.log.dir, first_seq);
+                match self.log.storage.remove_file(&path) {
                     Ok(()) => {}
                     Err(r) if r.kind() == io::ErrorKind::NotFound => {}
                     Err(r) => return Err(Stop::Fatal(r)),
@@ -364,7 +362,7 @@ impl WalWriter {
         let header_bytes = SEGMENT_HEADER_BYTES as u64;
         {
             let mut set = self
-                .init
+                .log
                 .segments
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner);
@@ -373,24 +371,24 @@ impl WalWriter {
                 prev_last_seq: header.prev_last_seq,
                 len: header_bytes,
             });
-            self.init
+            self.log
                 .shared
                 .wal_segments
                 .store(set.count() as u64, std::sync::atomic::Ordering::Relaxed);
         }
         // The header is not covered by any producer's reservation.
-        self.init
+        self.log
             .shared
             .disk_used
             .fetch_add(header_bytes, std::sync::atomic::Ordering::AcqRel);
-        self.init.active = file;
-        self.init.active_first_seq = first_seq;
-        self.init.active_len = header_bytes;
+        self.log.active = file;
+        self.log.active_first_seq = first_seq;
+        self.log.active_len = header_bytes;
         Ok(())
     }
 
     fn sync_deadline(&self) -> Option<Instant> {
-        match self.init.sync_policy {
+        match self.log.sync_policy {
             SyncPolicy::Within(d) => self.unsynced_since.map(|t| t + d),
             // `EveryRound` syncs at the end of every round; `OnRequest` only on request.
             _ => None,
@@ -398,12 +396,12 @@ impl WalWriter {
     }
 
     pub(crate) fn fail(&mut self, err: io::Error) -> Arc<io::Error> {
-        tracing::error!(dir = %self.init.dir.display(), error = %err, "WAL write failed; the sink refuses further writes");
-        self.init
+        tracing::error!(dir = %self.log.dir.display(), error = %err, "WAL write failed; the sink refuses further writes");
+        self.log
             .shared
             .write_errors
-            .add(1, &self.init.shared.metrics.write_errors);
-        let err = self.init.shared.fail(err);
+            .add(1, &self.log.shared.metrics.write_errors);
+        let err = self.log.shared.fail(err);
         self.failed = Some(Arc::clone(&err));
         // Nobody waiting may be told "durable" now.
         self.answer_waiters();
@@ -434,7 +432,7 @@ impl WalWriter {
         match msg {
             WriterMsg::Record { payload, durable } => {
                 self.untallied += 1;
-                self.init.shared.release(frame_bytes(payload.len()));
+                self.log.shared.release(frame_bytes(payload.len()));
                 if let Some(tx) = durable.take() {
                     let _ = tx.send(Err(err));
                 }
@@ -568,7 +566,7 @@ impl WalWriter {
         }
         let wants_sync = !self.waiting_durable.is_empty()
             || !self.waiting_sync.is_empty()
-            || self.init.sync_policy == SyncPolicy::EveryRound
+            || self.log.sync_policy == SyncPolicy::EveryRound
             || self.sync_deadline().is_some_and(|d| d <= Instant::now());
         let res = if wants_sync {
             self.sync()
@@ -607,12 +605,42 @@ impl WalWriter {
     }
 
     fn stall(&mut self, e: io::Error) -> Progress {
-        self.init
+        self.log
             .shared
             .disk_full
             .store(true, std::sync::atomic::Ordering::Release);
-        tracing::warn!(dir = %self.init.dir.display(), error = %e, held = self.held.len(), "WAL disk full; holding writes until space is freed");
+        tracing::warn!(dir = %self.log.dir.display(), error = %e, held = self.held.len(), "WAL disk full; holding writes until space is freed");
         Progress::Stalled
+    }
+
+    /// One retry while the disk is full (see "Full disk" in the module doc): write what
+    /// is held. Returns the pause before the next retry, or `None` once it went through,
+    /// or once shutdown (`closing`) gave up on it.
+    fn retry_held(
+        &mut self,
+        flushes: &mpsc::UnboundedSender<FlushRequest>,
+        pause: Duration,
+        closing: bool,
+    ) -> Option<Duration> {
+        match self.process(&mut Taken::default(), flushes) {
+            Progress::Done => {
+                self.log
+                    .shared
+                    .disk_full
+                    .store(false, std::sync::atomic::Ordering::Release);
+                tracing::info!(dir = %self.log.dir.display(), "WAL disk space available again; writing resumed");
+                None
+            }
+            Progress::Stalled if closing => {
+                self.log
+                    .shared
+                    .disk_full
+                    .store(false, std::sync::atomic::Ordering::Release);
+                self.abandon(io::Error::from(io::ErrorKind::StorageFull));
+                None
+            }
+            Progress::Stalled => Some((pause * 2).min(NO_SPACE_RETRY_MAX)),
+        }
     }
 
     /// Gives up on what is held (shutdown while the disk is full).
@@ -622,7 +650,7 @@ impl WalWriter {
             .iter()
             .filter(|m| matches!(m, WriterMsg::Record { .. }))
             .count();
-        tracing::error!(dir = %self.init.dir.display(), error = %why, lost_records = lost, "shutdown while the disk is full: unwritten records are lost");
+        tracing::error!(dir = %self.log.dir.display(), error = %why, lost_records = lost, "shutdown while the disk is full: unwritten records are lost");
         self.fail(why);
         while let Some(mut msg) = self.held.pop_front() {
             self.refuse(&mut msg);
@@ -636,9 +664,9 @@ impl WalWriter {
         }
         let res = self.seal_active().and_then(|()| {
             // fsync the lease at its exact value: no seq at or above next_seq was handed out.
-            self.init
+            self.log
                 .lease
-                .write_durable_mirrored(self.init.next_seq)
+                .write_durable_mirrored(self.log.next_seq)
                 .map_err(Stop::Fatal)
         });
         match res {

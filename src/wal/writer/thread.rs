@@ -26,7 +26,7 @@ use tokio_util::sync::CancellationToken;
 use crate::deadline::sleep_until_opt;
 
 use super::message::{FlushRequest, WriterMsg, waiters_in};
-use super::{NO_SPACE_RETRY_FIRST, NO_SPACE_RETRY_MAX, Progress, Stop, WalWriter};
+use super::{NO_SPACE_RETRY_FIRST, Progress, Stop, WalWriter};
 use crate::inbox::{self, Taken};
 
 /// Longest a round waits for returning waiters before its fsync (see `gather`).
@@ -125,25 +125,7 @@ impl WalWriter {
                     }
                     () = tokio::time::sleep(pause) => {}
                 }
-                match self.process(&mut Taken::default(), &flushes) {
-                    Progress::Done => {
-                        self.init
-                            .shared
-                            .disk_full
-                            .store(false, std::sync::atomic::Ordering::Release);
-                        tracing::info!(dir = %self.init.dir.display(), "WAL disk space available again; writing resumed");
-                        stalled = None;
-                    }
-                    Progress::Stalled if closing => {
-                        self.init
-                            .shared
-                            .disk_full
-                            .store(false, std::sync::atomic::Ordering::Release);
-                        self.abandon(io::Error::from(io::ErrorKind::StorageFull));
-                        stalled = None;
-                    }
-                    Progress::Stalled => stalled = Some((pause * 2).min(NO_SPACE_RETRY_MAX)),
-                }
+                stalled = self.retry_held(&flushes, pause, closing);
                 continue;
             }
             if !closing && self.failed.is_none() && self.linger(rx, chunks) > 0 {
@@ -221,7 +203,7 @@ pub(crate) fn spawn_writer(
     std::thread::Builder::new()
         .name("walsink-writer".into())
         .spawn(move || {
-            let shared = Arc::clone(&writer.init.shared);
+            let shared = Arc::clone(&writer.log.shared);
             let mut chunks: Taken<WriterMsg> = Taken::default();
             let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                 rt.block_on(writer.run(&mut rx, &mut chunks, flushes, shutdown))
