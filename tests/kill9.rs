@@ -28,17 +28,15 @@ use walsink::{Batch, DrainError, Durability, DurableSink, SinkDrain};
 
 const ROUNDS: u64 = 6;
 
-/// The child's drain: appends `seq value` lines to a file, then acknowledges.
+/// The child's drain: appends checked `seq value` lines (`common::drain_log_lines`) to
+/// a file, then acknowledges.
 struct FileLog {
     file: std::fs::File,
 }
 
 impl SinkDrain<u64> for FileLog {
     async fn write_batch(&mut self, batch: Batch<u64>) -> Result<(), DrainError> {
-        let mut text = String::new();
-        for (seq, v) in batch.iter() {
-            text.push_str(&format!("{seq} {v}\n"));
-        }
+        let text = drain_log_lines(batch.iter());
         self.file
             .write_all(text.as_bytes())
             .map_err(DrainError::retryable)?;
@@ -90,13 +88,7 @@ fn child_process_entry() -> Result<(), Box<dyn std::error::Error>> {
 }
 
 fn read_child_log(path: &Path) -> Vec<(u64, u64)> {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
-    text.lines()
-        .filter_map(|l| {
-            let mut it = l.split(' ');
-            Some((it.next()?.parse().ok()?, it.next()?.parse().ok()?))
-        })
-        .collect()
+    parse_drain_log(&std::fs::read_to_string(path).unwrap_or_default())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -25,7 +25,7 @@
 
 mod common;
 
-use common::Rng;
+use common::{Rng, drain_log_lines, parse_drain_log};
 use std::collections::{BTreeMap, HashMap};
 use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
@@ -63,17 +63,15 @@ fn config(dir: &Path, durability: Durability) -> SinkConfig {
     c
 }
 
-/// Appends `seq id` lines, one write per batch, then acknowledges after ~1 ms.
+/// Appends checked `seq id` lines (`common::drain_log_lines`), one write per batch, then
+/// acknowledges after ~1 ms.
 struct SlowFileLog {
     file: std::fs::File,
 }
 
 impl SinkDrain<u64> for SlowFileLog {
     async fn write_batch(&mut self, batch: Batch<u64>) -> Result<(), DrainError> {
-        let mut text = String::new();
-        for (seq, v) in batch.iter() {
-            text.push_str(&format!("{seq} {v}\n"));
-        }
+        let text = drain_log_lines(batch.iter());
         self.file
             .write_all(text.as_bytes())
             .map_err(DrainError::retryable)?;
@@ -284,13 +282,7 @@ fn torture_many_kills_lose_nothing_synced() -> Result<(), Box<dyn std::error::Er
     })?;
 
     let text = std::fs::read_to_string(base.join("drained.log")).unwrap_or_default();
-    let mut all: Vec<(u64, u64)> = text
-        .lines()
-        .filter_map(|l| {
-            let mut it = l.split(' ');
-            Some((it.next()?.parse().ok()?, it.next()?.parse().ok()?))
-        })
-        .collect();
+    let mut all: Vec<(u64, u64)> = parse_drain_log(&text);
     all.extend(got.lock().map_err(|e| e.to_string())?.iter().copied());
 
     let mut id_of_seq: HashMap<u64, u64> = HashMap::new();

@@ -257,3 +257,37 @@ pub fn register_slot(kind: u16, generation: u64, value: u64) -> Vec<u8> {
     slot.extend_from_slice(&crc.to_le_bytes());
     slot
 }
+
+/// Text a child process's drain appends to its log file for one batch: a leading
+/// newline, then one `seq id check` line per record. A SIGKILL can cut a write to a
+/// regular file short (the kernel checks for fatal signals between pages), and the
+/// next child then appends after the torn line: the leading newline keeps its lines
+/// apart, and the check makes the torn line unreadable instead of a wrong record. The
+/// records of a torn write were never acknowledged, so they are delivered again.
+pub fn drain_log_lines<'a>(records: impl Iterator<Item = (u64, &'a u64)>) -> String {
+    let mut text = String::from("\n");
+    for (seq, &v) in records {
+        text.push_str(&format!("{seq} {v} {}\n", drain_log_check(seq, v)));
+    }
+    text
+}
+
+fn drain_log_check(seq: u64, v: u64) -> u64 {
+    seq.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ v
+}
+
+/// The `(seq, id)` records of a drain log written with [`drain_log_lines`]; torn lines
+/// are skipped.
+pub fn parse_drain_log(text: &str) -> Vec<(u64, u64)> {
+    text.lines()
+        .filter_map(|l| {
+            let mut it = l.split(' ');
+            let (seq, v, check) = (
+                it.next()?.parse().ok()?,
+                it.next()?.parse().ok()?,
+                it.next()?.parse::<u64>().ok()?,
+            );
+            (it.next().is_none() && check == drain_log_check(seq, v)).then_some((seq, v))
+        })
+        .collect()
+}
