@@ -1,7 +1,7 @@
 //! Writes seed corpora for the fuzz targets from real WAL directories.
 //!
 //! ```text
-//! cd fuzz && cargo run --bin fuzz_seeds [OUT_DIR]     # default: seeds (fuzz/seeds)
+//! cd fuzz && cargo run --features seeds --bin fuzz_seeds [OUT_DIR]   # default: seeds
 //! ```
 //!
 //! Scenarios: records delivered (cursor moved, segments deleted), records left on disk
