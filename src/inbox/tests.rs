@@ -1,0 +1,272 @@
+use super::*;
+
+fn drain<M>(out: &mut Taken<M>) -> Vec<M> {
+    out.msgs.iter_mut().flat_map(|c| c.drain(..)).collect()
+}
+
+#[tokio::test]
+async fn fifo_bound_and_take_everything_at_once() {
+    let (tx, mut rx) = channel::<u32>(600);
+    for i in 0..600 {
+        tx.try_send(i).expect("room");
+    }
+    assert!(matches!(tx.try_send(600), Err(TrySendError::Full(600))));
+    let mut out = Taken::default();
+    assert_eq!(rx.recv(&mut out).await, 600);
+    assert_eq!(out.msgs.len(), 3, "600 messages in chunks of {CHUNK}");
+    assert_eq!(drain(&mut out), (0..600).collect::<Vec<_>>());
+    // Room again, and the emptied chunks are reused.
+    tx.try_send(7).expect("room after the take");
+    assert_eq!(rx.recv(&mut out).await, 1);
+    assert_eq!(drain(&mut out), vec![7]);
+    assert_eq!(
+        rx.chan.lock().spare.len(),
+        3,
+        "the first take's chunks came back"
+    );
+    tx.try_send(8).expect("room");
+    assert_eq!(
+        rx.chan.lock().spare.len(),
+        2,
+        "and the next message reused one"
+    );
+}
+
+/// Bytes message `i` carries: 0 to 2 999 of them, ~1.5 KB on average.
+fn bytes_of(i: u32) -> Vec<u8> {
+    vec![i as u8; (i * 37 % 3000) as usize]
+}
+
+/// Sends messages `from..from + n`, each carrying `bytes_of(i)`, through `tx`.
+fn send_bytes(tx: &Sender<(u32, BytesAt)>, from: u32, n: u32) {
+    for i in from..from + n {
+        let bytes = bytes_of(i);
+        tx.try_send_bytes(&bytes, i, |at, i| (i, at)).expect("room");
+    }
+}
+
+fn check_bytes(out: &mut Taken<(u32, BytesAt)>) -> Vec<u32> {
+    let arena = std::mem::take(&mut out.arena);
+    let got: Vec<u32> = out
+        .msgs
+        .iter_mut()
+        .flat_map(|c| c.drain(..))
+        .map(|(i, at)| {
+            let bytes = arena.get(at).expect("bytes of a taken message");
+            assert_eq!(bytes, bytes_of(i), "message {i}");
+            i
+        })
+        .collect();
+    out.arena = arena;
+    got
+}
+
+#[tokio::test]
+async fn arena_bytes_survive_takes_that_leave_messages_unhandled() {
+    let (tx, mut rx) = channel::<(u32, BytesAt)>(10_000);
+    let mut out = Taken::default();
+    // Several arena chunks per take (≈1.5 KB a message, 64 KiB a chunk), and a
+    // second take appended before the first is handled, as the writer's gather does.
+    send_bytes(&tx, 0, 100);
+    assert_eq!(rx.recv(&mut out).await, 100);
+    send_bytes(&tx, 100, 150);
+    assert_eq!(rx.try_take(&mut out), 150);
+    assert!(out.arena.chunks.len() >= 4);
+    assert_eq!(check_bytes(&mut out), (0..250).collect::<Vec<_>>());
+    // Everything was handled: the chunks go back and the arena restarts.
+    send_bytes(&tx, 250, 10);
+    assert_eq!(rx.try_take(&mut out), 10);
+    assert_eq!(out.arena.chunks.len(), 1);
+    assert!(!rx.chan.lock().spare_bytes.is_empty(), "chunks recycled");
+    assert_eq!(check_bytes(&mut out), (250..260).collect::<Vec<_>>());
+    // Through a permit too.
+    let permit = tx.reserve().await.expect("room");
+    permit.send_bytes(&bytes_of(260), 260, |at, i| (i, at));
+    assert_eq!(rx.recv(&mut out).await, 1);
+    assert_eq!(check_bytes(&mut out), vec![260]);
+    assert_eq!(tx.counted(), 261, "every message with bytes is counted");
+}
+
+#[test]
+fn arena_lookups_outside_what_was_taken_are_refused() {
+    let (tx, mut rx) = channel::<(u32, BytesAt)>(8);
+    send_bytes(&tx, 1, 1);
+    let mut out = Taken::default();
+    assert_eq!(rx.try_take(&mut out), 1);
+    let (_, at) = out.msgs[0][0];
+    assert!(out.arena.get(at).is_some());
+    for bad in [
+        BytesAt {
+            serial: at.serial + 1,
+            ..at
+        },
+        BytesAt { offset: 1, ..at },
+        BytesAt {
+            len: at.len + 1,
+            ..at
+        },
+    ] {
+        assert_eq!(out.arena.get(bad), None, "{bad:?}");
+    }
+}
+
+#[tokio::test]
+async fn try_take_appends_what_arrived_since() {
+    let (tx, mut rx) = channel::<u32>(8);
+    let mut out = Taken::default();
+    assert_eq!(rx.try_take(&mut out), 0);
+    tx.try_send(1).expect("room");
+    assert_eq!(rx.recv(&mut out).await, 1);
+    tx.try_send(2).expect("room");
+    assert_eq!(rx.try_take(&mut out), 1);
+    assert_eq!(drain(&mut out), vec![1, 2]);
+}
+
+#[tokio::test]
+async fn permits_count_against_the_bound_and_return_when_dropped() {
+    let (tx, mut rx) = channel::<u32>(2);
+    let a = tx.reserve().await.expect("room");
+    let b = tx.reserve().await.expect("room");
+    assert!(matches!(tx.try_send(1), Err(TrySendError::Full(1))));
+    assert!(matches!(
+        tx.try_send_counted(1, |m| m),
+        Err(TrySendError::Full(1))
+    ));
+    drop(a);
+    tx.try_send_counted(1, |m| m).expect("a's room came back");
+    b.send(2);
+    assert_eq!(tx.counted(), 1, "only the accepted, counted message");
+    let mut out = Taken::default();
+    assert_eq!(rx.recv(&mut out).await, 2);
+    assert_eq!(drain(&mut out), vec![1, 2]);
+}
+
+#[tokio::test]
+async fn reserve_waits_for_a_take() {
+    let (tx, mut rx) = channel::<u32>(1);
+    tx.try_send(1).expect("room");
+    let tx = Arc::new(tx);
+    let waiter = {
+        let tx = Arc::clone(&tx);
+        tokio::spawn(async move {
+            let permit = tx.reserve().await.expect("room after the take");
+            permit.send(2);
+        })
+    };
+    tokio::task::yield_now().await;
+    assert!(!waiter.is_finished(), "no room yet");
+    let mut out = Taken::default();
+    assert_eq!(rx.recv(&mut out).await, 1);
+    waiter.await.expect("waiter");
+    drain(&mut out);
+    assert_eq!(rx.recv(&mut out).await, 1);
+    assert_eq!(drain(&mut out), vec![2]);
+}
+
+#[tokio::test]
+async fn close_refuses_new_messages_but_delivers_queued_and_reserved_ones() {
+    let (tx, mut rx) = channel::<u32>(8);
+    tx.try_send(1).expect("room");
+    let permit = tx.reserve().await.expect("room");
+    rx.close();
+    assert!(matches!(tx.try_send(2), Err(TrySendError::Closed(2))));
+    assert!(tx.reserve().await.is_err());
+    tx.closed().await; // completes
+    let mut out = Taken::default();
+    assert_eq!(rx.recv(&mut out).await, 1);
+    drain(&mut out);
+    // The outstanding permit holds the end back until it is used.
+    let end = tokio::spawn(async move {
+        let mut out = Taken::default();
+        let n = rx.recv(&mut out).await;
+        (n, drain(&mut out), rx.recv(&mut out).await)
+    });
+    tokio::task::yield_now().await;
+    permit.send(3);
+    assert_eq!(end.await.expect("receiver"), (1, vec![3], 0));
+}
+
+#[tokio::test]
+async fn dropping_the_sender_ends_the_receiver_after_the_backlog() {
+    let (tx, mut rx) = channel::<u32>(8);
+    tx.try_send(1).expect("room");
+    drop(tx);
+    let mut out = Taken::default();
+    assert_eq!(rx.recv(&mut out).await, 1);
+    drain(&mut out);
+    assert_eq!(rx.recv(&mut out).await, 0);
+}
+
+#[tokio::test]
+async fn dropping_the_receiver_drops_queued_messages() {
+    let (tx, rx) = channel::<tokio::sync::oneshot::Sender<()>>(8);
+    let (reply, answer) = tokio::sync::oneshot::channel();
+    tx.try_send(reply).expect("room");
+    let permit = tx.reserve().await.expect("room");
+    drop(rx);
+    assert!(answer.await.is_err(), "the queued reply was dropped");
+    let (late, late_answer) = tokio::sync::oneshot::channel();
+    permit.send(late);
+    assert!(late_answer.await.is_err(), "sent after the drop: dropped");
+    assert!(matches!(
+        tx.try_send(tokio::sync::oneshot::channel().0),
+        Err(TrySendError::Closed(_))
+    ));
+}
+
+/// Producers on other threads against a receiver that goes idle between bursts:
+/// every message arrives (a lost wake-up would hang the receiver; the test then
+/// fails on its timeout, not on a sleep).
+#[test]
+fn no_lost_wakeups_across_threads() {
+    const PRODUCERS: u32 = 3;
+    const EACH: u32 = 20_000;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .expect("runtime");
+    let (tx, mut rx) = channel::<u32>(64);
+    let tx = Arc::new(tx);
+    let producers: Vec<_> = (0..PRODUCERS)
+        .map(|p| {
+            let tx = Arc::clone(&tx);
+            std::thread::spawn(move || {
+                for i in 0..EACH {
+                    let mut msg = p * EACH + i;
+                    // Spin on Full: the receiver makes room.
+                    loop {
+                        match tx.try_send(msg) {
+                            Ok(()) => break,
+                            Err(TrySendError::Full(m)) => {
+                                msg = m;
+                                std::thread::yield_now();
+                            }
+                            Err(TrySendError::Closed(_)) => panic!("closed"),
+                        }
+                    }
+                }
+            })
+        })
+        .collect();
+    let got = rt.block_on(async {
+        let mut seen = vec![0u32; PRODUCERS as usize];
+        let mut out = Taken::default();
+        let mut total = 0;
+        while total < PRODUCERS * EACH {
+            let n = tokio::time::timeout(std::time::Duration::from_secs(60), rx.recv(&mut out))
+                .await
+                .expect("a message was queued but the receiver was never woken");
+            total += n as u32;
+            for m in drain(&mut out) {
+                let p = (m / EACH) as usize;
+                assert_eq!(m % EACH, seen[p], "per-producer FIFO");
+                seen[p] += 1;
+            }
+        }
+        total
+    });
+    for p in producers {
+        p.join().expect("producer");
+    }
+    assert_eq!(got, PRODUCERS * EACH);
+}
