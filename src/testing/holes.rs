@@ -271,6 +271,27 @@ async fn a_cursor_above_the_lease_deletes_nothing() {
     );
 }
 
+/// The same forged cursor with the lease file gone: the seqs handed out are still
+/// bounded by what the segments could hold plus a lease block, so it is damage too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cursor_above_what_the_segments_could_hold_deletes_nothing_without_a_lease() {
+    let disk = SimDisk::new(16);
+    let dir = Path::new("/wal");
+    write_undelivered(&disk, dir, 2_000).await;
+    forge_register(
+        &disk,
+        &dir.join("CURSOR"),
+        RegisterKind::Cursor,
+        1_000,
+        1 << 40,
+    );
+    disk.storage()
+        .rename(&dir.join("SEQ_LEASE"), &dir.join("SEQ_LEASE.lost"))
+        .expect("lose the lease");
+    let got: Vec<u64> = records_delivered(&disk, config(dir)).await;
+    assert_eq!(got, (0..2_000).collect::<Vec<_>>());
+}
+
 /// Hole: a lease just below the end of the seq space let `push_durable` confirm
 /// records with seqs the reader rejects (100 confirmed, 6 delivered). The writer now
 /// fails closed at the end of the seq space: every confirmed record is delivered.

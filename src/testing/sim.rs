@@ -122,6 +122,8 @@ struct State {
     flaky_reads: u32,
     /// Every write fails with ENOSPC.
     fail_writes: bool,
+    /// Calls that could change the disk (writes, syncs, creates, renames, deletes).
+    changes: u64,
     panic_on_write: bool,
 }
 
@@ -208,6 +210,7 @@ impl SimDisk {
                 space_bytes: None,
                 flaky_reads: 0,
                 fail_writes: false,
+                changes: 0,
                 panic_on_write: false,
             }),
             sync_gate: (Mutex::new(Gate::default()), Condvar::new()),
@@ -283,6 +286,12 @@ impl SimDisk {
             gate = cv.wait(gate).unwrap_or_else(PoisonError::into_inner);
             gate.waiting -= 1;
         }
+    }
+
+    /// How many calls that could change the disk were made (a read-only user must
+    /// leave this unchanged).
+    pub(crate) fn changes(&self) -> u64 {
+        self.lock().changes
     }
 
     /// While `true`, every write and `fallocate` fails with ENOSPC, writing nothing.
@@ -447,6 +456,7 @@ impl Storage for SimStorage {
     fn create_dir(&self, path: &Path) -> io::Result<()> {
         let mut s = self.disk.lock();
         s.check(self.epoch)?;
+        s.changes += 1;
         if is_root(path) || s.live_entries.contains_key(path) {
             return Err(io::Error::from(io::ErrorKind::AlreadyExists));
         }
@@ -475,6 +485,7 @@ impl Storage for SimStorage {
     fn create_new(&self, path: &Path) -> io::Result<Box<dyn StorageFile>> {
         let mut s = self.disk.lock();
         s.check(self.epoch)?;
+        s.changes += 1;
         if s.live_entries.contains_key(path) {
             return Err(io::Error::from(io::ErrorKind::AlreadyExists));
         }
@@ -509,6 +520,7 @@ impl Storage for SimStorage {
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
         let mut s = self.disk.lock();
         s.check(self.epoch)?;
+        s.changes += 1;
         s.check_parent(to)?;
         let node = s.live_entries.remove(from).ok_or_else(|| not_found(from))?;
         if node == Node::Dir {
@@ -532,6 +544,7 @@ impl Storage for SimStorage {
     fn remove_file(&self, path: &Path) -> io::Result<()> {
         let mut s = self.disk.lock();
         s.check(self.epoch)?;
+        s.changes += 1;
         s.file_at(path)?;
         s.live_entries
             .remove(path)
@@ -542,6 +555,7 @@ impl Storage for SimStorage {
     fn sync_dir(&self, dir: &Path) -> io::Result<()> {
         let mut s = self.disk.lock();
         s.check(self.epoch)?;
+        s.changes += 1;
         if s.sync_fails() {
             return Err(io::Error::other("simulated EIO on directory fsync"));
         }
@@ -607,6 +621,7 @@ impl StorageFile for SimFile {
     fn write_all_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
         let mut s = self.disk.lock();
         s.check(self.epoch)?;
+        s.changes += 1;
         if std::mem::take(&mut s.panic_on_write) {
             drop(s);
             panic!("simulated bug: panic inside a file write");
@@ -648,6 +663,7 @@ impl StorageFile for SimFile {
         self.disk.wait_sync_gate();
         let mut s = self.disk.lock();
         s.check(self.epoch)?;
+        s.changes += 1;
         let fails = s.sync_fails();
         let inode = s
             .inodes
@@ -670,6 +686,7 @@ impl StorageFile for SimFile {
     fn set_len(&self, len: u64) -> io::Result<()> {
         let mut s = self.disk.lock();
         s.check(self.epoch)?;
+        s.changes += 1;
         let inode = s
             .inodes
             .get_mut(&self.inode)
@@ -689,6 +706,7 @@ impl StorageFile for SimFile {
     fn allocate(&self, len: u64) -> io::Result<()> {
         let mut s = self.disk.lock();
         s.check(self.epoch)?;
+        s.changes += 1;
         let old = s.inodes.get(&self.inode).map_or(0, |n| n.live.len() as u64);
         if len <= old {
             return Ok(());

@@ -424,13 +424,27 @@ fn repair(
     };
     // The cursor names an acknowledged seq: one that was handed out, so below the lease.
     // A value that is not is damage: trusting it would delete unacknowledged segments.
+    // Without a trusted lease, the seqs handed out are still bounded: by what the
+    // segments could hold (the newest one at most one frame per frame header's bytes),
+    // plus the lease block the writer may have run ahead of its last synced frame.
+    let held_seq_max = set
+        .iter()
+        .last()
+        .map_or(0, |t| {
+            t.first_seq
+                .saturating_add(t.len / FRAME_HEADER_BYTES as u64)
+        })
+        .max(named_seq_max)
+        .max(unverified_seq_max);
+    let cursor_max = match &lease {
+        Some(l) => l.value().saturating_sub(1),
+        None => held_seq_max.saturating_add(LEASE_BLOCK),
+    }
+    .min(MAX_SEQ);
     let cursor = match cursor {
-        RegisterOpen::Loaded(r)
-            if r.value() > MAX_SEQ
-                || (r.value() > 0 && lease.as_ref().is_some_and(|l| r.value() >= l.value())) =>
-        {
+        RegisterOpen::Loaded(r) if r.value() > 0 && r.value() > cursor_max => {
             let why = format!(
-                "cursor {} impossible: the seq lease is {}",
+                "cursor {} impossible: no seq above {cursor_max} was handed out (seq lease {})",
                 r.value(),
                 lease.as_ref().map_or(0, Register::value)
             );
