@@ -270,9 +270,7 @@ impl<T: Send + 'static, D: SinkDrain<T>> Actor<T, D> {
             }
         };
         if lost > 0 {
-            self.shared
-                .corrupt_records
-                .add(lost, &self.shared.metrics.corrupt_records);
+            self.shared.counters().corrupt_records.add(lost);
         }
         if !frames.is_empty() {
             self.deliver_frames(&frames).await?;
@@ -346,9 +344,7 @@ impl<T: Send + 'static, D: SinkDrain<T>> Actor<T, D> {
                 }
                 Err(e) => {
                     tracing::error!(seq, error = %e, "WAL record does not decode with this codec; skipped");
-                    self.shared
-                        .corrupt_records
-                        .add(1, &self.shared.metrics.corrupt_records);
+                    self.shared.counters().corrupt_records.add(1);
                 }
             }
         }
@@ -373,34 +369,28 @@ impl<T: Send + 'static, D: SinkDrain<T>> Actor<T, D> {
                     .iter()
                     .filter(|&&s| s <= self.replay_through)
                     .count() as u64;
-                self.shared.writes.add(1, &self.shared.metrics.writes);
+                self.shared.counters().writes.add(1);
                 match self.call_drain(batch).await? {
                     Ok(()) => {
                         if replayed > 0 {
-                            self.shared
-                                .replayed
-                                .add(replayed, &self.shared.metrics.replayed);
+                            self.shared.counters().replayed.add(replayed);
                         }
                         break;
                     }
                     Err(e) if e.is_retryable() => {
-                        self.shared
-                            .write_errors
-                            .add(1, &self.shared.metrics.write_errors);
+                        self.shared.counters().write_errors.add(1);
                         attempt = attempt.saturating_add(1);
                         let delay = self.jittered(attempt);
                         tracing::warn!(error = %e, attempt, ?delay, records = idx.len(), "drain failed (retryable); delivering again after backoff");
                         self.backoff(delay).await?;
-                        self.shared.retries.add(1, &self.shared.metrics.retries);
+                        self.shared.counters().retries.add(1);
                     }
                     Err(e) => {
-                        self.shared
-                            .write_errors
-                            .add(1, &self.shared.metrics.write_errors);
+                        self.shared.counters().write_errors.add(1);
                         if idx.len() == 1 {
                             let seq = frames.seqs().get(idx[0]).copied().unwrap_or(0);
                             tracing::error!(seq, error = %e, "drain rejected record permanently; skipped");
-                            self.shared.rejected.add(1, &self.shared.metrics.rejected);
+                            self.shared.counters().rejected.add(1);
                         } else {
                             let mid = lo + (hi - lo) / 2;
                             todo.push((mid, hi));

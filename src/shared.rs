@@ -1,8 +1,8 @@
 //! State shared by producers, the WAL writer thread and the delivery task.
 //!
 //! Only atomics and wake-ups live here; each piece has one writer:
-//! - producers: `dropped`, `disk_used` (reserve); records accepted are counted by
-//!   the queue itself (`inbox::Sender::counted`), under the lock a push takes anyway;
+//! - producers: `disk_used` (reserve), the `dropped` counter; records accepted are counted by
+//!   the queue itself (`inbox::Sender::records`), under the lock a push takes anyway;
 //! - the WAL writer: `written_seq`, `synced_seq`, `taken`, `failure`;
 //! - the delivery task: `acked_seq`, `disk_used` (release on delete), the counters of
 //!   delivery.
@@ -35,27 +35,6 @@ impl<T> std::ops::Deref for CachePadded<T> {
     }
 }
 
-/// A counter kept both as an atomic (for `stats()`) and as a metric.
-#[derive(Debug)]
-pub(crate) struct Stat {
-    value: AtomicU64,
-}
-
-impl Stat {
-    const fn new() -> Self {
-        Self {
-            value: AtomicU64::new(0),
-        }
-    }
-    pub(crate) fn add(&self, n: u64, counter: &metrics::Counter) {
-        self.value.fetch_add(n, Ordering::Relaxed);
-        counter.increment(n);
-    }
-    pub(crate) fn get(&self) -> u64 {
-        self.value.load(Ordering::Relaxed)
-    }
-}
-
 /// See the module doc.
 #[derive(Debug)]
 pub(crate) struct Shared {
@@ -65,15 +44,6 @@ pub(crate) struct Shared {
     /// crash left unused between segments. Fixed for the sink's life (the writer never
     /// leaves gaps), so backlog counts subtract them without any synchronization.
     gaps: Vec<(u64, u64)>,
-
-    pub(crate) dropped: Stat,
-    pub(crate) writes: Stat,
-    pub(crate) write_errors: Stat,
-    pub(crate) replayed: Stat,
-    pub(crate) retries: Stat,
-    pub(crate) rejected: Stat,
-    pub(crate) corrupt_records: Stat,
-    pub(crate) quarantined_segments: Stat,
 
     /// Records the writer has taken off the queue (accepted minus taken are queued).
     /// Kept by the writer alone, so the hot path pays no extra atomic for it.
@@ -112,14 +82,6 @@ impl Shared {
             metrics,
             max_disk_bytes,
             gaps,
-            dropped: Stat::new(),
-            writes: Stat::new(),
-            write_errors: Stat::new(),
-            replayed: Stat::new(),
-            retries: Stat::new(),
-            rejected: Stat::new(),
-            corrupt_records: Stat::new(),
-            quarantined_segments: Stat::new(),
             taken: CachePadded(AtomicU64::new(0)),
             disk_used: CachePadded(AtomicU64::new(0)),
             wal_segments: AtomicU64::new(0),
@@ -133,6 +95,11 @@ impl Shared {
             data_ready: CachePadded(Notify::new()),
             room: CachePadded(Notify::new()),
         }
+    }
+
+    /// The event counters (`stats.rs`).
+    pub(crate) fn counters(&self) -> &crate::stats::Counters {
+        &self.metrics.counters
     }
 
     /// Records (not seqs) in `(acked, written]`: the seq distance less the gaps found at

@@ -10,7 +10,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::inbox::{self, BytesAt, MAX_ARENA_BYTES, TrySendError};
+use crate::inbox::{self, TrySendError};
 use tokio_util::sync::CancellationToken;
 
 use crate::actor::{Actor, ActorInit};
@@ -25,7 +25,7 @@ use crate::stats::SinkStats;
 use crate::wal::format::frame_bytes;
 use crate::wal::recovery::RecoveryReport;
 use crate::wal::storage::{RealStorage, Storage};
-use crate::wal::writer::{DurableReply, Payload, SyncPolicy, WriterMsg, spawn_writer};
+use crate::wal::writer::{DurableReply, SyncPolicy, WriterMsg, spawn_writer};
 use crate::wal::{Wal, WalConfig};
 
 thread_local! {
@@ -134,14 +134,6 @@ enum Enqueue {
     NoRoom(Option<DurableReply>),
     /// The queue is closed (shutdown or WAL failure); nothing was queued.
     Closed,
-}
-
-/// The message for a record whose bytes the queue copied into its arena at `at`.
-fn queued_record(at: BytesAt, durable: Option<DurableReply>) -> WriterMsg {
-    WriterMsg::Record {
-        payload: Payload::Queued(at),
-        durable,
-    }
 }
 
 /// Gives back reserved budget if a push is abandoned before its record is queued.
@@ -333,7 +325,7 @@ impl<T: Send + 'static> DurableSink<T> {
 
     fn count_drop(&self) -> SinkError {
         let s = &self.inner.shared;
-        s.dropped.add(1, &s.metrics.dropped);
+        s.counters().dropped.add(1);
         SinkError::Overflow
     }
 
@@ -373,23 +365,7 @@ impl<T: Send + 'static> DurableSink<T> {
         if !inner.shared.try_reserve(bytes) {
             return Enqueue::NoRoom(durable);
         }
-        let sent = if buf.len() <= MAX_ARENA_BYTES {
-            inner.tx.try_send_bytes(buf, durable, queued_record)
-        } else {
-            let large = (std::mem::take(buf), durable);
-            inner
-                .tx
-                .try_send_counted(large, |(v, durable)| WriterMsg::Record {
-                    payload: Payload::Heap(v),
-                    durable,
-                })
-                .map_err(|refused| {
-                    refused.map(|(v, durable)| {
-                        *buf = v;
-                        durable
-                    })
-                })
-        };
+        let sent = inner.tx.try_send_record(buf, durable, WriterMsg::record);
         match sent {
             Ok(()) => Enqueue::Queued,
             Err(TrySendError::Full(durable)) => {
@@ -456,14 +432,7 @@ impl<T: Send + 'static> DurableSink<T> {
         let reservation = self.reserve_waiting(bytes).await?;
         let permit = inner.tx.reserve().await.map_err(|_| self.closed_error())?;
         reservation.commit();
-        if encoded.len() <= MAX_ARENA_BYTES {
-            permit.send_bytes(&encoded, durable, queued_record);
-        } else {
-            permit.send_counted(WriterMsg::Record {
-                payload: Payload::Heap(encoded),
-                durable,
-            });
-        }
+        permit.send_record(encoded, durable, WriterMsg::record);
         Ok(())
     }
 
@@ -548,7 +517,7 @@ impl<T: Send + 'static> DurableSink<T> {
 
     /// Records refused as `Overflow` since open.
     pub fn dropped(&self) -> u64 {
-        self.inner.shared.dropped.get()
+        self.inner.shared.counters().dropped.get()
     }
 
     /// Records accepted but not yet acknowledged (recovered ones included).
@@ -557,7 +526,7 @@ impl<T: Send + 'static> DurableSink<T> {
         // Load `taken` first: `pushed` only grows, so the difference never goes
         // negative in a way that matters (saturating either way).
         let taken = s.taken.load(Ordering::Relaxed);
-        let queued = self.inner.tx.counted().saturating_sub(taken);
+        let queued = self.inner.tx.records().saturating_sub(taken);
         let written = s.written_seq.load(Ordering::Acquire);
         let acked = s.acked_seq.load(Ordering::Acquire);
         queued.saturating_add(s.records_between(acked, written))
@@ -566,24 +535,19 @@ impl<T: Send + 'static> DurableSink<T> {
     /// A snapshot of the sink's counters.
     pub fn stats(&self) -> SinkStats {
         let s = &self.inner.shared;
-        SinkStats {
-            pushed: self.inner.tx.counted(),
-            dropped: s.dropped.get(),
+        let mut stats = SinkStats {
+            pushed: self.inner.tx.records(),
             pending: self.pending(),
             written_seq: s.written_seq.load(Ordering::Acquire),
             synced_seq: s.synced_seq.load(Ordering::Acquire),
             acked_seq: s.acked_seq.load(Ordering::Acquire),
             wal_bytes: s.disk_used.load(Ordering::Relaxed),
             wal_segments: s.wal_segments.load(Ordering::Relaxed),
-            writes: s.writes.get(),
-            write_errors: s.write_errors.get(),
-            retries: s.retries.get(),
-            rejected: s.rejected.get(),
-            replayed: s.replayed.get(),
-            corrupt_records: s.corrupt_records.get(),
-            quarantined_segments: s.quarantined_segments.get(),
             disk_full: s.disk_full.load(Ordering::Acquire),
-        }
+            ..SinkStats::default()
+        };
+        s.counters().fill(&mut stats);
+        stats
     }
 
     /// What `open` found and repaired.

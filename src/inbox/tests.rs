@@ -1,3 +1,4 @@
+use super::arena::BytesAt;
 use super::*;
 
 fn drain<M>(out: &mut Taken<M>) -> Vec<M> {
@@ -38,21 +39,27 @@ fn bytes_of(i: u32) -> Vec<u8> {
 }
 
 /// Sends messages `from..from + n`, each carrying `bytes_of(i)`, through `tx`.
-fn send_bytes(tx: &Sender<(u32, BytesAt)>, from: u32, n: u32) {
+fn send_bytes(tx: &Sender<(u32, Payload)>, from: u32, n: u32) {
     for i in from..from + n {
-        let bytes = bytes_of(i);
-        tx.try_send_bytes(&bytes, i, |at, i| (i, at)).expect("room");
+        let mut bytes = bytes_of(i);
+        tx.try_send_record(&mut bytes, i, |p, i| (i, p))
+            .expect("room");
+        assert_eq!(bytes, bytes_of(i), "a small record is copied, not moved");
     }
 }
 
-fn check_bytes(out: &mut Taken<(u32, BytesAt)>) -> Vec<u32> {
+fn check_bytes(out: &mut Taken<(u32, Payload)>) -> Vec<u32> {
     let arena = std::mem::take(&mut out.arena);
     let got: Vec<u32> = out
         .msgs
         .iter_mut()
         .flat_map(|c| c.drain(..))
-        .map(|(i, at)| {
-            let bytes = arena.get(at).expect("bytes of a taken message");
+        .map(|(i, payload)| {
+            assert!(
+                matches!(payload, Payload::Queued(_)),
+                "message {i} in the arena"
+            );
+            let bytes = payload.bytes(&arena).expect("bytes of a taken message");
             assert_eq!(bytes, bytes_of(i), "message {i}");
             i
         })
@@ -63,7 +70,7 @@ fn check_bytes(out: &mut Taken<(u32, BytesAt)>) -> Vec<u32> {
 
 #[tokio::test]
 async fn arena_bytes_survive_takes_that_leave_messages_unhandled() {
-    let (tx, mut rx) = channel::<(u32, BytesAt)>(10_000);
+    let (tx, mut rx) = channel::<(u32, Payload)>(10_000);
     let mut out = Taken::default();
     // Several arena chunks per take (≈1.5 KB a message, 64 KiB a chunk), and a
     // second take appended before the first is handled, as the writer's gather does.
@@ -77,23 +84,50 @@ async fn arena_bytes_survive_takes_that_leave_messages_unhandled() {
     send_bytes(&tx, 250, 10);
     assert_eq!(rx.try_take(&mut out), 10);
     assert_eq!(out.arena.chunks.len(), 1);
-    assert!(!rx.chan.lock().spare_bytes.is_empty(), "chunks recycled");
+    assert!(!rx.chan.lock().arena.spare_is_empty(), "chunks recycled");
     assert_eq!(check_bytes(&mut out), (250..260).collect::<Vec<_>>());
     // Through a permit too.
     let permit = tx.reserve().await.expect("room");
-    permit.send_bytes(&bytes_of(260), 260, |at, i| (i, at));
+    permit.send_record(bytes_of(260), 260, |p, i| (i, p));
     assert_eq!(rx.recv(&mut out).await, 1);
     assert_eq!(check_bytes(&mut out), vec![260]);
-    assert_eq!(tx.counted(), 261, "every message with bytes is counted");
+    assert_eq!(tx.records(), 261, "every record is counted");
+}
+
+#[tokio::test]
+async fn a_large_record_moves_in_its_own_allocation_and_comes_back_when_refused() {
+    let (tx, mut rx) = channel::<Payload>(1);
+    let big = vec![7u8; 5000];
+    let mut bytes = big.clone();
+    tx.try_send_record(&mut bytes, (), |p, ()| p).expect("room");
+    assert!(bytes.is_empty(), "moved, not copied");
+    let mut refused = big.clone();
+    assert!(matches!(
+        tx.try_send_record(&mut refused, (), |p, ()| p),
+        Err(TrySendError::Full(()))
+    ));
+    assert_eq!(refused, big, "a refused record stays with the caller");
+    let mut out = Taken::default();
+    assert_eq!(rx.recv(&mut out).await, 1);
+    let got = drain(&mut out);
+    assert!(matches!(&got[0], Payload::Heap(v) if *v == big));
+    assert_eq!(got[0].len(), 5000);
+    let permit = tx.reserve().await.expect("room");
+    permit.send_record(big.clone(), (), |p, ()| p);
+    assert_eq!(rx.recv(&mut out).await, 1);
+    assert!(matches!(&drain(&mut out)[0], Payload::Heap(v) if *v == big));
+    assert_eq!(tx.records(), 2);
 }
 
 #[test]
 fn arena_lookups_outside_what_was_taken_are_refused() {
-    let (tx, mut rx) = channel::<(u32, BytesAt)>(8);
+    let (tx, mut rx) = channel::<(u32, Payload)>(8);
     send_bytes(&tx, 1, 1);
     let mut out = Taken::default();
     assert_eq!(rx.try_take(&mut out), 1);
-    let (_, at) = out.msgs[0][0];
+    let (_, Payload::Queued(at)) = out.msgs[0][0] else {
+        panic!("a small record is queued in the arena");
+    };
     assert!(out.arena.get(at).is_some());
     for bad in [
         BytesAt {
@@ -129,13 +163,14 @@ async fn permits_count_against_the_bound_and_return_when_dropped() {
     let b = tx.reserve().await.expect("room");
     assert!(matches!(tx.try_send(1), Err(TrySendError::Full(1))));
     assert!(matches!(
-        tx.try_send_counted(1, |m| m),
+        tx.try_send_record(&mut vec![1], 1, |_, m| m),
         Err(TrySendError::Full(1))
     ));
     drop(a);
-    tx.try_send_counted(1, |m| m).expect("a's room came back");
+    tx.try_send_record(&mut vec![1], 1, |_, m| m)
+        .expect("a's room came back");
     b.send(2);
-    assert_eq!(tx.counted(), 1, "only the accepted, counted message");
+    assert_eq!(tx.records(), 1, "only the accepted record");
     let mut out = Taken::default();
     assert_eq!(rx.recv(&mut out).await, 2);
     assert_eq!(drain(&mut out), vec![1, 2]);

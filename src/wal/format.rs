@@ -368,6 +368,9 @@ impl FrameHeader {
 /// Decodes the frame at the start of `b`. A length above `max_payload_bytes` is
 /// corruption, decided before anything else is read, so no length from disk sizes an
 /// allocation. Seq 0 is never written, so an all-zero region is corruption too.
+/// (The reader decodes in place through [`FrameHeader`]; this whole-frame form is for
+/// the tests and the fuzz targets.)
+#[cfg(any(test, feature = "fuzzing"))]
 pub(crate) fn decode_frame(b: &[u8], max_payload_bytes: usize) -> FrameStatus {
     let Some(h) = FrameHeader::peek(b) else {
         return FrameStatus::Incomplete {

@@ -74,10 +74,10 @@ impl Wal {
         shared
             .wal_segments
             .store(rec.segments.count() as u64, Ordering::Relaxed);
-        shared.quarantined_segments.add(
-            rec.report.quarantined.len() as u64,
-            &shared.metrics.quarantined_segments,
-        );
+        shared
+            .counters()
+            .quarantined_segments
+            .add(rec.report.quarantined.len() as u64);
         let last_seq = rec.next_seq - 1;
         shared.written_seq.store(last_seq, Ordering::Relaxed);
         shared.synced_seq.store(last_seq, Ordering::Relaxed);

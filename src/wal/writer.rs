@@ -60,7 +60,7 @@ use crate::shared::Shared;
 mod message;
 mod thread;
 
-pub(crate) use message::{DoneReply, DurableReply, FlushRequest, Payload, WriterMsg};
+pub(crate) use message::{DoneReply, DurableReply, FlushRequest, WriterMsg};
 pub(crate) use thread::{WriterExit, panic_message, spawn_writer};
 
 /// The write buffer is written out when it reaches this size, so one round never
@@ -397,10 +397,7 @@ impl WalWriter {
 
     pub(crate) fn fail(&mut self, err: io::Error) -> Arc<io::Error> {
         tracing::error!(dir = %self.log.dir.display(), error = %err, "WAL write failed; the sink refuses further writes");
-        self.log
-            .shared
-            .write_errors
-            .add(1, &self.log.shared.metrics.write_errors);
+        self.log.shared.counters().write_errors.add(1);
         let err = self.log.shared.fail(err);
         self.failed = Some(Arc::clone(&err));
         // Nobody waiting may be told "durable" now.
@@ -515,43 +512,23 @@ impl WalWriter {
         let mut held = std::mem::take(&mut self.held);
         while let Some(mut msg) = held.pop_front() {
             // Held messages own their payloads (see `hold_rest`).
-            match self.handle(&mut msg, &Arena::default(), flushes) {
-                None => {}
-                Some((Stop::NoSpace(e), consumed)) => {
-                    // Keep the order: this message (unless consumed), the rest, then
-                    // everything taken in this round.
-                    if !consumed {
-                        held.push_front(msg);
-                    }
-                    self.held = held;
-                    self.hold_rest(msgs, 0, 0, arena);
-                    return self.stall(e);
+            if let Some((e, consumed)) = self.step(&mut msg, &Arena::default(), flushes) {
+                // Keep the order: this message (unless consumed), the rest, then
+                // everything taken in this round.
+                if !consumed {
+                    held.push_front(msg);
                 }
-                Some((Stop::Fatal(e), consumed)) => {
-                    self.fail(e);
-                    if !consumed {
-                        self.refuse(&mut msg);
-                    }
-                }
+                self.held = held;
+                self.hold_rest(msgs, 0, 0, arena);
+                return self.stall(e);
             }
         }
         for c in 0..msgs.len() {
             let mut i = 0;
             while let Some(msg) = msgs.get_mut(c).and_then(|chunk| chunk.get_mut(i)) {
-                match self.handle(msg, arena, flushes) {
-                    None => {}
-                    Some((Stop::NoSpace(e), consumed)) => {
-                        let from = if consumed { i + 1 } else { i };
-                        self.hold_rest(msgs, c, from, arena);
-                        return self.stall(e);
-                    }
-                    Some((Stop::Fatal(e), consumed)) => {
-                        self.fail(e);
-                        if !consumed && let Some(msg) = msgs.get_mut(c).and_then(|ch| ch.get_mut(i))
-                        {
-                            self.refuse(msg);
-                        }
-                    }
+                if let Some((e, consumed)) = self.step(msg, arena, flushes) {
+                    self.hold_rest(msgs, c, if consumed { i + 1 } else { i }, arena);
+                    return self.stall(e);
                 }
                 i += 1;
             }
@@ -584,6 +561,28 @@ impl WalWriter {
             Err(Stop::Fatal(e)) => {
                 self.fail(e);
                 Progress::Done
+            }
+        }
+    }
+
+    /// Handles one message of a round. A fatal error fails the sink (and refuses the
+    /// message if `handle` had not consumed it) and the round goes on, refusing the
+    /// rest; a full disk returns the error and whether the message was consumed, for
+    /// the caller to hold what is left.
+    fn step(
+        &mut self,
+        msg: &mut WriterMsg,
+        arena: &Arena,
+        flushes: &mpsc::UnboundedSender<FlushRequest>,
+    ) -> Option<(io::Error, bool)> {
+        match self.handle(msg, arena, flushes)? {
+            (Stop::NoSpace(e), consumed) => Some((e, consumed)),
+            (Stop::Fatal(e), consumed) => {
+                self.fail(e);
+                if !consumed {
+                    self.refuse(msg);
+                }
+                None
             }
         }
     }

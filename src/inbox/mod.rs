@@ -11,20 +11,19 @@
 //!
 //! # Shape
 //!
-//! A mutex around a list of message chunks and two counts, plus an `idle` flag on its
-//! own cache line:
-//! - a producer locks, checks the bound, appends, unlocks, and then reads `idle`; only
-//!   if the writer said it is idle does it wake it (a [`Notify`]);
+//! A mutex around a list of message chunks, two counts and an `idle` flag:
+//! - a producer locks, checks the bound, appends, lowers `idle` if it was raised, and
+//!   unlocks; only if it lowered `idle` does it wake the writer (a [`Notify`]);
 //! - the writer takes every chunk in one critical section (it moves the chunk
 //!   pointers, not the messages, whatever the backlog) and hands the emptied chunks
 //!   back on its next take, so a steady state allocates nothing;
-//! - `push` callers waiting for room wait on another `Notify`, signalled after takes.
-//! - a message may carry bytes (an encoded record): they are copied once, under the
-//!   lock, into the queue's byte arena (64 KiB chunks), and the message holds their
-//!   place ([`BytesAt`]). The writer takes the arena chunks with the messages and
-//!   reads the bytes from there. Without the arena, a record travelled inside a
-//!   144-byte message that was copied on every move: `perf` put a third of
-//!   `try_push`'s CPU in `memmove`.
+//! - `push` callers waiting for room wait on another `Notify`, signalled after takes;
+//! - a record's bytes travel in the queue's byte arena when small ([`arena`]).
+//!
+//! Two ways in: [`Sender::try_send_record`] (no waiting: the sink's fast path) and a
+//! [`Permit`] from [`Sender::reserve`] (waits for room), which sends a record or a
+//! request. Records are counted ([`Sender::records`]) inside the critical section a
+//! send pays anyway.
 //!
 //! The writer locks once per round, so the lock's cache line stays with the producers
 //! between rounds; producers pay one uncontended lock and unlock per message.
@@ -34,66 +33,48 @@
 //! - `queued + reserved <= capacity` (checked under the lock; `reserved` counts
 //!   [`Permit`]s not yet used).
 //! - FIFO: messages are taken in the order their critical sections ran.
-//! - Arena chunks are numbered by a serial that grows by one per new chunk, and are
-//!   taken in serial order with no gap, so a [`BytesAt`] (serial, offset, length)
-//!   names the same bytes in the receiver's [`Taken`] whatever the takes in between.
-//!   A record's bytes never straddle two chunks. The receiver gives chunks back only
-//!   when every message it took was handled (all its message chunks are empty).
 //! - After [`Receiver::close`], nothing new is accepted; what was queued or reserved
 //!   before is still received. [`Receiver::recv`] returns 0 only when the queue is
 //!   closed (or every sender is gone), empty, and no permit is outstanding.
-//! - No lost wake-up: the writer raises `idle` *before* it checks the queue under the
-//!   lock. If that check missed a message, the producer's critical section came after
-//!   the writer's, so the producer's read of `idle` (after its unlock) happens after
-//!   the writer raised it, and the producer wakes it. A wake-up with nothing to take is
-//!   harmless (one empty pass).
+//! - No lost wake-up: the writer registers its wait, then, under the lock, finds the
+//!   queue empty and raises `idle`. The first producer to queue after that critical
+//!   section lowers `idle` in its own and wakes the writer after unlocking, which the
+//!   registered wait receives. Producers after it see `idle` lowered and pay nothing:
+//!   the writer, once awake, takes everything queued. A wake-up with nothing to take
+//!   is harmless (one empty pass). Checked by the loom test in `loom.rs` under every
+//!   interleaving loom explores, and by a real-time stress test.
 //! - When the receiver is dropped, every queued message is dropped too (so a
 //!   `push_durable` waiting on one sees its reply channel closed, never a hang).
+//!
+//! `idle` lives in the locked state rather than in an atomic beside it: the producer
+//! already owns that cache line when it reads the flag, so the check is free, and the
+//! protocol needs no memory-ordering argument beyond the lock's.
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+mod arena;
+#[cfg(all(test, walsink_loom))]
+mod loom;
+mod sync;
 
-use tokio::sync::Notify;
+pub(crate) use arena::{Arena, Payload};
+
+use std::sync::{Arc, PoisonError};
+
 use tokio_util::sync::CancellationToken;
 
-use crate::shared::CachePadded;
+use arena::ArenaQueue;
+use sync::{Mutex, MutexGuard, Notify};
 
 /// Messages per chunk: a chunk is allocated when the queue grows past a multiple of
 /// this, so a burst never reallocates (and copies) the whole backlog under the lock.
 const CHUNK: usize = 256;
 
-/// Bytes per arena chunk. A message's bytes never straddle two chunks.
-const ARENA_CHUNK_BYTES: usize = 64 << 10;
-/// Largest byte string a message may carry in the arena; larger ones travel on their
-/// own allocation inside the message.
-pub(crate) const MAX_ARENA_BYTES: usize = 4 << 10;
-const _: () = assert!(MAX_ARENA_BYTES <= ARENA_CHUNK_BYTES);
-/// Emptied arena chunks kept for reuse (2 MiB): enough for the bursts a writer round
-/// takes at once without making an idle sink hold a large backlog's memory.
-const ARENA_SPARE_CHUNKS: usize = 32;
-
-/// Where [`Sender::try_send_bytes`] put a message's bytes in the arena.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct BytesAt {
-    serial: u64,
-    offset: u32,
-    len: u32,
-}
-
-impl BytesAt {
-    /// Number of bytes.
-    pub(crate) fn len(self) -> usize {
-        self.len as usize
-    }
-}
-
 /// What the receiver took: messages (as chunks, oldest first) and the arena chunks
-/// holding their bytes.
+/// holding their records' bytes.
 #[derive(Debug)]
 pub(crate) struct Taken<M> {
     /// Messages, oldest first. The caller empties the chunks as it handles them.
     pub(crate) msgs: Vec<Vec<M>>,
-    /// The bytes the messages refer to.
+    /// The bytes the messages' payloads refer to.
     pub(crate) arena: Arena,
 }
 
@@ -106,41 +87,21 @@ impl<M> Default for Taken<M> {
     }
 }
 
-/// Arena chunks taken from the queue, consecutive serials from `first_serial`.
-#[derive(Debug, Default)]
-pub(crate) struct Arena {
-    chunks: Vec<Vec<u8>>,
-    first_serial: u64,
-}
-
-impl Arena {
-    /// The bytes at `at`; `None` only if `at` came from another queue or its chunk
-    /// was given back (a bug, reported by the caller rather than panicking).
-    pub(crate) fn get(&self, at: BytesAt) -> Option<&[u8]> {
-        let i = usize::try_from(at.serial.checked_sub(self.first_serial)?).ok()?;
-        let start = at.offset as usize;
-        self.chunks
-            .get(i)?
-            .get(start..start.checked_add(at.len as usize)?)
-    }
-}
-
 #[derive(Debug)]
 struct State<M> {
     /// Queued messages, oldest first; every chunk but the last is full.
     chunks: Vec<Vec<M>>,
     /// Emptied chunks, ready for reuse.
     spare: Vec<Vec<M>>,
-    /// Arena chunks holding the queued messages' bytes; the last one is filling.
-    bytes: Vec<Vec<u8>>,
-    /// Serial the next new arena chunk gets.
-    next_serial: u64,
-    /// Emptied arena chunks, ready for reuse.
-    spare_bytes: Vec<Vec<u8>>,
+    /// The queued records' bytes.
+    arena: ArenaQueue,
     queued: usize,
     reserved: usize,
-    /// Counted messages ever accepted (see [`Sender::counted`]).
-    counted: u64,
+    /// Records ever accepted (see [`Sender::records`]).
+    records: u64,
+    /// Raised by the receiver when it found the queue empty and is about to wait;
+    /// lowered by the first producer to queue after that, which then wakes it.
+    idle: bool,
     /// `close` was called or the receiver was dropped: accept nothing new.
     closed: bool,
     /// The receiver was dropped: drop messages instead of queueing them.
@@ -153,8 +114,6 @@ struct State<M> {
 struct Chan<M> {
     state: Mutex<State<M>>,
     capacity: usize,
-    /// Raised by the receiver before it waits; producers wake it only if set.
-    idle: CachePadded<AtomicBool>,
     /// Producers → the idle receiver.
     data: Notify,
     /// Receiver → producers waiting in [`Sender::reserve`].
@@ -175,7 +134,7 @@ impl<M> Chan<M> {
     /// needs (memory the bound allows anyway), so steady traffic allocates nothing:
     /// freeing and reallocating chunks each round showed as `malloc_consolidate` in
     /// the writer's profile. The arena chunks go back only once every message taken
-    /// was handled; then `out`'s arena restarts at the queue's oldest chunk.
+    /// was handled.
     fn recycle(&self, st: &mut State<M>, out: &mut Taken<M>) {
         let limit = self.capacity.div_ceil(CHUNK);
         let mut all_handled = true;
@@ -188,39 +147,33 @@ impl<M> Chan<M> {
             }
         }
         if all_handled {
-            for mut chunk in out.arena.chunks.drain(..) {
-                if st.spare_bytes.len() < ARENA_SPARE_CHUNKS
-                    && chunk.capacity() == ARENA_CHUNK_BYTES
-                {
-                    chunk.clear();
-                    st.spare_bytes.push(chunk);
-                }
-            }
+            st.arena.recycle(&mut out.arena);
         }
     }
 
     /// Moves every queued message and arena chunk to `out` (under the lock).
     fn take_all(&self, st: &mut State<M>, out: &mut Taken<M>) -> usize {
+        // Awake: no producer needs to wake it until it next finds the queue empty.
+        st.idle = false;
         self.recycle(st, out);
-        if out.arena.chunks.is_empty() {
-            out.arena.first_serial = st.next_serial - st.bytes.len() as u64;
-        }
-        out.arena.chunks.append(&mut st.bytes);
+        st.arena.take_into(&mut out.arena);
         out.msgs.append(&mut st.chunks);
         std::mem::take(&mut st.queued)
     }
 
-    fn wake_receiver(&self) {
-        // See "No lost wake-up" in the module doc. The first load keeps the common
-        // case (writer busy) to a read of a line that rarely changes.
-        if self.idle.load(Ordering::SeqCst) && self.idle.swap(false, Ordering::SeqCst) {
+    /// Wakes the receiver if the message just queued (in a critical section that
+    /// returned `wake`) was the first since it went idle. Call after unlocking.
+    fn wake_receiver(&self, wake: bool) {
+        if wake {
             self.data.notify_one();
         }
     }
 }
 
 impl<M> State<M> {
-    fn push(&mut self, msg: M) {
+    /// Queues `msg`; true if the receiver was idle and must be woken (see
+    /// [`Chan::wake_receiver`]).
+    fn push(&mut self, msg: M) -> bool {
         let need_chunk = self.chunks.last().is_none_or(|c| c.len() >= CHUNK);
         if need_chunk {
             let chunk = self
@@ -233,36 +186,7 @@ impl<M> State<M> {
             last.push(msg);
         }
         self.queued += 1;
-    }
-
-    /// Copies `bytes` into the arena (in the last chunk if they fit, else in a new
-    /// one) and says where.
-    fn push_bytes(&mut self, bytes: &[u8]) -> BytesAt {
-        let fits = self
-            .bytes
-            .last()
-            .is_some_and(|c| c.capacity() - c.len() >= bytes.len());
-        if !fits {
-            let chunk = self
-                .spare_bytes
-                .pop()
-                .unwrap_or_else(|| Vec::with_capacity(ARENA_CHUNK_BYTES));
-            self.bytes.push(chunk);
-            self.next_serial += 1;
-        }
-        let serial = self.next_serial - 1;
-        let chunk = self.bytes.last_mut();
-        let offset = chunk.as_ref().map_or(0, |c| c.len());
-        if let Some(c) = chunk {
-            c.extend_from_slice(bytes);
-        }
-        BytesAt {
-            serial,
-            // Both fit: senders pass at most `MAX_ARENA_BYTES`, so no chunk grows past
-            // `ARENA_CHUNK_BYTES`.
-            offset: offset as u32,
-            len: bytes.len() as u32,
-        }
+        std::mem::take(&mut self.idle)
     }
 }
 
@@ -272,18 +196,16 @@ pub(crate) fn channel<M>(capacity: usize) -> (Sender<M>, Receiver<M>) {
         state: Mutex::new(State {
             chunks: Vec::new(),
             spare: Vec::new(),
-            bytes: Vec::new(),
-            next_serial: 0,
-            spare_bytes: Vec::new(),
+            arena: ArenaQueue::default(),
             queued: 0,
             reserved: 0,
-            counted: 0,
+            records: 0,
+            idle: false,
             closed: false,
             receiver_gone: false,
             sender_gone: false,
         }),
         capacity,
-        idle: CachePadded(AtomicBool::new(false)),
         data: Notify::new(),
         room: Notify::new(),
         closed: CancellationToken::new(),
@@ -296,23 +218,13 @@ pub(crate) fn channel<M>(capacity: usize) -> (Sender<M>, Receiver<M>) {
     )
 }
 
-/// Why [`Sender::try_send`] refused a message (returned with it).
+/// Why a send without waiting was refused (what was being sent comes back).
 #[derive(Debug)]
-pub(crate) enum TrySendError<M> {
+pub(crate) enum TrySendError<X> {
     /// `capacity` messages are queued or reserved.
-    Full(M),
+    Full(X),
     /// The receiver closed.
-    Closed(M),
-}
-
-impl<M> TrySendError<M> {
-    /// The same refusal, with what came back transformed.
-    pub(crate) fn map<N>(self, f: impl FnOnce(M) -> N) -> TrySendError<N> {
-        match self {
-            Self::Full(m) => TrySendError::Full(f(m)),
-            Self::Closed(m) => TrySendError::Closed(f(m)),
-        }
-    }
+    Closed(X),
 }
 
 /// The producers' end (one per sink; shared by reference).
@@ -322,27 +234,28 @@ pub(crate) struct Sender<M> {
 }
 
 impl<M> Sender<M> {
-    /// Queues `msg` if there is room, without waiting (uncounted; the sink sends
-    /// its requests through a [`Permit`]).
+    /// Queues `msg` if there is room, without waiting (not a record: uncounted).
     #[cfg(test)]
     pub(crate) fn try_send(&self, msg: M) -> Result<(), TrySendError<M>> {
         self.try_send_with(msg, 0, |_, msg| msg)
     }
 
-    /// Queues the message `make(extra)` if there is room, without waiting, and counts
-    /// it in [`counted`](Self::counted) (the sink counts accepted records this way,
-    /// inside the critical section it pays anyway). `make` runs under the lock: it
-    /// must only build the message. When refused, `extra` comes back.
-    pub(crate) fn try_send_counted<X>(
+    /// Queues the record message `make(payload, extra)` if there is room, without
+    /// waiting, and counts it in [`records`](Self::records). The payload holds
+    /// `bytes`: copied into the arena when small (`bytes` is left as it was), else
+    /// moved out. `make` runs under the lock: it must only build the message. When
+    /// refused, `bytes` is untouched and `extra` comes back.
+    pub(crate) fn try_send_record<X>(
         &self,
+        bytes: &mut Vec<u8>,
         extra: X,
-        make: impl FnOnce(X) -> M,
+        make: impl FnOnce(Payload, X) -> M,
     ) -> Result<(), TrySendError<X>> {
-        self.try_send_with(extra, 1, |_, x| make(x))
+        self.try_send_with(extra, 1, |st, x| make(st.arena.payload(bytes), x))
     }
 
     /// The one non-waiting send: under the lock, checks for room, then queues the
-    /// message `build` makes (it may put bytes in the arena first) and counts it.
+    /// message `build` makes and counts it.
     fn try_send_with<X>(
         &self,
         extra: X,
@@ -350,7 +263,7 @@ impl<M> Sender<M> {
         build: impl FnOnce(&mut State<M>, X) -> M,
     ) -> Result<(), TrySendError<X>> {
         let chan = &*self.chan;
-        {
+        let wake = {
             let mut st = chan.lock();
             if st.closed {
                 return Err(TrySendError::Closed(extra));
@@ -359,31 +272,17 @@ impl<M> Sender<M> {
                 return Err(TrySendError::Full(extra));
             }
             let msg = build(&mut st, extra);
-            st.push(msg);
-            st.counted += count;
-        }
-        chan.wake_receiver();
+            st.records += count;
+            st.push(msg)
+        };
+        chan.wake_receiver(wake);
         Ok(())
     }
 
-    /// Counted messages accepted so far: those sent with `try_send_counted`,
-    /// `send_counted`, or with bytes. Exact: read under the lock.
-    pub(crate) fn counted(&self) -> u64 {
-        self.chan.lock().counted
-    }
-
-    /// Queues the message `make(at, extra)` if there is room, without waiting, after
-    /// copying `bytes` (at most [`MAX_ARENA_BYTES`]) into the arena at `at`; counts it.
-    /// `make` runs under the lock: it must only build the message. When refused,
-    /// nothing was copied and `extra` comes back.
-    pub(crate) fn try_send_bytes<X>(
-        &self,
-        bytes: &[u8],
-        extra: X,
-        make: impl FnOnce(BytesAt, X) -> M,
-    ) -> Result<(), TrySendError<X>> {
-        debug_assert!(bytes.len() <= MAX_ARENA_BYTES);
-        self.try_send_with(extra, 1, |st, x| make(st.push_bytes(bytes), x))
+    /// Records accepted so far (sent with [`try_send_record`](Self::try_send_record)
+    /// or [`Permit::send_record`]). Exact: read under the lock.
+    pub(crate) fn records(&self) -> u64 {
+        self.chan.lock().records
     }
 
     /// Waits for room and reserves it. Cancel safe: a dropped future reserved nothing.
@@ -432,24 +331,22 @@ pub(crate) struct Permit<'a, M> {
 }
 
 impl<M> Permit<'_, M> {
-    /// Queues `msg` in the reserved room. After the receiver was dropped, `msg` is
-    /// dropped (as with a closed tokio channel).
+    /// Queues `msg` (a request, not a record: uncounted) in the reserved room. After
+    /// the receiver was dropped, `msg` is dropped (as with a closed tokio channel).
     pub(crate) fn send(self, msg: M) {
         self.send_with(msg, 0, |_, msg| msg);
     }
 
-    /// As [`send`](Self::send), and counts the message (see [`Sender::counted`]),
-    /// unless the receiver was dropped.
-    pub(crate) fn send_counted(self, msg: M) {
-        self.send_with(msg, 1, |_, msg| msg);
-    }
-
-    /// Queues `make(at, extra)` in the reserved room after copying `bytes` (at most
-    /// [`MAX_ARENA_BYTES`]) into the arena, as [`Sender::try_send_bytes`]. After the
-    /// receiver was dropped, nothing is queued and the message is never built.
-    pub(crate) fn send_bytes<X>(self, bytes: &[u8], extra: X, make: impl FnOnce(BytesAt, X) -> M) {
-        debug_assert!(bytes.len() <= MAX_ARENA_BYTES);
-        self.send_with(extra, 1, |st, x| make(st.push_bytes(bytes), x));
+    /// Queues the record message `make(payload, extra)` in the reserved room, as
+    /// [`Sender::try_send_record`], and counts it. After the receiver was dropped,
+    /// nothing is queued and the message is never built.
+    pub(crate) fn send_record<X>(
+        self,
+        mut bytes: Vec<u8>,
+        extra: X,
+        make: impl FnOnce(Payload, X) -> M,
+    ) {
+        self.send_with(extra, 1, |st, x| make(st.arena.payload(&mut bytes), x));
     }
 
     /// The one send through a permit: under the lock, gives the room back and queues
@@ -460,20 +357,19 @@ impl<M> Permit<'_, M> {
             return;
         };
         let chan = &*sender.chan;
-        let dropped = {
+        let (dropped, wake) = {
             let mut st = chan.lock();
             st.reserved -= 1;
             if st.receiver_gone {
-                Some(extra)
+                (Some(extra), false)
             } else {
                 let msg = build(&mut st, extra);
-                st.push(msg);
-                st.counted += count;
-                None
+                st.records += count;
+                (None, st.push(msg))
             }
         };
         drop(dropped);
-        chan.wake_receiver();
+        chan.wake_receiver(wake);
     }
 }
 
@@ -507,9 +403,8 @@ impl<M> Receiver<M> {
         loop {
             let data = chan.data.notified();
             tokio::pin!(data);
+            // Registered before the check: see "No lost wake-up" in the module doc.
             data.as_mut().enable();
-            // Raised before the check: see "No lost wake-up" in the module doc.
-            chan.idle.store(true, Ordering::SeqCst);
             let taken = {
                 let mut st = chan.lock();
                 if st.queued > 0 {
@@ -517,11 +412,11 @@ impl<M> Receiver<M> {
                 } else if (st.closed || st.sender_gone) && st.reserved == 0 {
                     Some(0)
                 } else {
+                    st.idle = true;
                     None
                 }
             };
             if let Some(n) = taken {
-                chan.idle.store(false, Ordering::Relaxed);
                 if n > 0 {
                     chan.room.notify_waiters();
                 }
@@ -557,8 +452,7 @@ impl<M> Drop for Receiver<M> {
             st.closed = true;
             st.receiver_gone = true;
             st.queued = 0;
-            st.bytes = Vec::new();
-            st.spare_bytes = Vec::new();
+            st.arena.clear();
             std::mem::take(&mut st.chunks)
         };
         self.chan.closed.cancel();
