@@ -16,9 +16,20 @@
 //!   because a backend was down for long. Each retry is counted.
 //! - `permanent`: the batch is split in halves, each delivered in order, until the
 //!   rejected records are single; those are logged with their seq, counted in
-//!   `rejected_total` and skipped. Depth is at most `log2(batch_size) + 1`.
+//!   `rejected_total` and become dead letters. Depth is at most `log2(batch_size) + 1`.
 //! - A record that passed its CRC but does not decode is logged, counted as corrupt and
-//!   skipped (no drain could accept it).
+//!   becomes a dead letter (no drain could accept it).
+//!
+//! # Dead letters
+//!
+//! With `DeadLetterPolicy::Keep`, a dead letter is stored (and fsynced) in the
+//! dead-letter store *before* the cursor may pass its record: the cursor advances only
+//! after `deliver_frames` returns, and that waits for the store. If storing fails, the
+//! task retries after backoff and the cursor waits; at the shutdown deadline it gives
+//! up with the cursor still below the record, which is delivered again next run. The
+//! store keeps one entry per original seq, so that replay stores nothing twice. A full
+//! store refuses (logged with the seq, counted) and the record is skipped: delivery
+//! never stalls on the store's cap. With `Discard`, the record is logged and skipped.
 //!
 //! # File I/O
 //!
@@ -36,7 +47,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
@@ -46,6 +57,9 @@ use crate::deadline::sleep_until_opt;
 
 use crate::codec::Codec;
 use crate::config::RetryPolicy;
+use crate::dead_letter::{
+    Appended, DeadLetterPolicy, DeadLetterReason, DeadLetterStore, EntryMeta,
+};
 use crate::drain::{Batch, DrainError, SinkDrain};
 use crate::error::SinkError;
 use crate::handle::ShutdownReport;
@@ -62,6 +76,8 @@ pub(crate) const BATCH_BYTES_SOFT_LIMIT: usize = 8 << 20;
 pub(crate) struct ActorInit<T, D> {
     pub(crate) drain: D,
     pub(crate) codec: Arc<dyn Codec<T>>,
+    pub(crate) dead_letters: DeadLetterStore,
+    pub(crate) dead_letter_policy: DeadLetterPolicy,
     pub(crate) reader: WalReader,
     pub(crate) cursor: Cursor,
     pub(crate) shared: Arc<Shared>,
@@ -85,9 +101,49 @@ struct Wal {
 /// The delivery stopped because shutdown's deadline passed.
 struct Interrupted;
 
+/// The sink's dead-letter store; releases the directory lock it holds when the task
+/// ends, however it ends (panic included).
+struct DeadLetters {
+    store: DeadLetterStore,
+    policy: DeadLetterPolicy,
+}
+
+impl Drop for DeadLetters {
+    fn drop(&mut self) {
+        self.store.release();
+    }
+}
+
+/// A range of a batch still to deliver, with what its records went through already.
+#[derive(Debug, Clone, Copy)]
+struct Pending {
+    lo: usize,
+    hi: usize,
+    /// `write_batch` calls that included these records so far.
+    calls: u32,
+    /// When the first of those failed.
+    first_failed_at: Option<SystemTime>,
+}
+
+/// `e` and its sources, `a: b: c` (a source already in the text is not repeated).
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut next = e.source();
+    while let Some(s) = next {
+        let t = s.to_string();
+        if !out.ends_with(&t) {
+            out.push_str(": ");
+            out.push_str(&t);
+        }
+        next = s.source();
+    }
+    out
+}
+
 pub(crate) struct Actor<T, D> {
     drain: D,
     codec: Arc<dyn Codec<T>>,
+    dead_letters: DeadLetters,
     wal: Option<Wal>,
     shared: Arc<Shared>,
     flushes: mpsc::UnboundedReceiver<FlushRequest>,
@@ -116,6 +172,10 @@ impl<T: Send + 'static, D: SinkDrain<T>> Actor<T, D> {
         Self {
             drain: init.drain,
             codec: init.codec,
+            dead_letters: DeadLetters {
+                store: init.dead_letters,
+                policy: init.dead_letter_policy,
+            },
             wal: Some(Wal {
                 reader: init.reader,
                 cursor: init.cursor,
@@ -343,8 +403,17 @@ impl<T: Send + 'static, D: SinkDrain<T>> Actor<T, D> {
                     first_items.push(v);
                 }
                 Err(e) => {
-                    tracing::error!(seq, error = %e, "WAL record does not decode with this codec; skipped");
+                    tracing::error!(seq, error = %e, "WAL record does not decode with this codec");
                     self.shared.counters().corrupt_records.add(1);
+                    let payload = frames.payload(i).to_vec();
+                    let meta = self.entry_meta(
+                        DeadLetterReason::Undecodable,
+                        seq,
+                        error_chain(&e),
+                        0,
+                        None,
+                    );
+                    self.dead_letter(meta, payload).await?;
                 }
             }
         }
@@ -352,13 +421,21 @@ impl<T: Send + 'static, D: SinkDrain<T>> Actor<T, D> {
         // again from the frames (records are not `Clone`).
         let mut first = Some(Batch::new(first_seqs, first_items));
         // Ranges of `good` still to deliver, in order (last pushed = next).
-        let mut todo: Vec<(usize, usize)> = vec![(0, good.len())];
-        while let Some((lo, hi)) = todo.pop() {
+        let mut todo = vec![Pending {
+            lo: 0,
+            hi: good.len(),
+            calls: 0,
+            first_failed_at: None,
+        }];
+        while let Some(range) = todo.pop() {
+            let Pending { lo, hi, .. } = range;
             let idx = good.get(lo..hi).unwrap_or_default();
             if idx.is_empty() {
                 continue;
             }
             let mut attempt: u32 = 0;
+            let mut calls = range.calls;
+            let mut first_failed_at = range.first_failed_at;
             loop {
                 let batch = match first.take() {
                     Some(b) => b,
@@ -370,7 +447,12 @@ impl<T: Send + 'static, D: SinkDrain<T>> Actor<T, D> {
                     .filter(|&&s| s <= self.replay_through)
                     .count() as u64;
                 self.shared.counters().writes.add(1);
-                match self.call_drain(batch).await? {
+                calls = calls.saturating_add(1);
+                let res = self.call_drain(batch).await?;
+                if res.is_err() {
+                    first_failed_at.get_or_insert_with(SystemTime::now);
+                }
+                match res {
                     Ok(()) => {
                         if replayed > 0 {
                             self.shared.counters().replayed.add(replayed);
@@ -387,14 +469,29 @@ impl<T: Send + 'static, D: SinkDrain<T>> Actor<T, D> {
                     }
                     Err(e) => {
                         self.shared.counters().write_errors.add(1);
-                        if idx.len() == 1 {
-                            let seq = frames.seqs().get(idx[0]).copied().unwrap_or(0);
-                            tracing::error!(seq, error = %e, "drain rejected record permanently; skipped");
+                        if let [i] = *idx {
+                            let seq = frames.seqs().get(i).copied().unwrap_or(0);
+                            tracing::error!(seq, error = %e, "drain rejected record permanently");
                             self.shared.counters().rejected.add(1);
+                            let payload = frames.payload(i).to_vec();
+                            let meta = self.entry_meta(
+                                DeadLetterReason::Rejected,
+                                seq,
+                                error_chain(&e),
+                                calls,
+                                first_failed_at,
+                            );
+                            self.dead_letter(meta, payload).await?;
                         } else {
                             let mid = lo + (hi - lo) / 2;
-                            todo.push((mid, hi));
-                            todo.push((lo, mid));
+                            let half = |lo, hi| Pending {
+                                lo,
+                                hi,
+                                calls,
+                                first_failed_at,
+                            };
+                            todo.push(half(mid, hi));
+                            todo.push(half(lo, mid));
                         }
                         break;
                     }
@@ -430,6 +527,69 @@ impl<T: Send + 'static, D: SinkDrain<T>> Actor<T, D> {
                 () = self.shutdown.cancelled(), if self.stop_at.is_none() => self.begin_stop(),
                 () = sleep_until_opt(self.stop_at) => return Err(Interrupted),
                 () = tokio::time::sleep_until(wake) => return Ok(()),
+            }
+        }
+    }
+
+    fn entry_meta(
+        &self,
+        reason: DeadLetterReason,
+        seq: u64,
+        error: String,
+        attempts: u32,
+        first_failed_at: Option<SystemTime>,
+    ) -> EntryMeta {
+        let now = SystemTime::now();
+        EntryMeta {
+            reason,
+            attempts,
+            seq,
+            first_failed_at: first_failed_at.unwrap_or(now),
+            dead_lettered_at: now,
+            error,
+        }
+    }
+
+    /// Keeps a dead letter (see "Dead letters" in the module doc): returns once it is
+    /// durable in the store, refused by a full store, or discarded by policy. Retries
+    /// a failing store after backoff; `Interrupted` at the shutdown deadline, with the
+    /// cursor still below the record.
+    async fn dead_letter(&mut self, meta: EntryMeta, payload: Vec<u8>) -> Result<(), Interrupted> {
+        let seq = meta.seq;
+        if self.dead_letters.policy == DeadLetterPolicy::Discard {
+            tracing::error!(seq, reason = %meta.reason, "record discarded (dead-letter policy Discard)");
+            return Ok(());
+        }
+        let entry = Arc::new((meta, payload));
+        let mut attempt: u32 = 0;
+        loop {
+            let store = self.dead_letters.store.clone();
+            let e = Arc::clone(&entry);
+            match tokio::task::spawn_blocking(move || store.append(&e.0, &e.1)).await {
+                Ok(Ok(Appended::Stored)) => {
+                    crate::crashpoint::hit("dead_letter.after_store");
+                    tracing::warn!(seq, reason = %entry.0.reason, "record kept as a dead letter");
+                    self.shared.counters().dead_lettered.add(1);
+                    self.shared
+                        .metrics
+                        .dead_letter_bytes
+                        .set(self.dead_letters.store.bytes() as f64);
+                    return Ok(());
+                }
+                Ok(Ok(Appended::AlreadyStored)) => return Ok(()),
+                Ok(Ok(Appended::Full)) => {
+                    tracing::error!(seq, reason = %entry.0.reason, "dead-letter store full (max_dead_letter_bytes); record skipped");
+                    self.shared.counters().dead_letters_refused.add(1);
+                    return Ok(());
+                }
+                Ok(Err(e)) => {
+                    tracing::error!(seq, error = %e, "storing a dead letter failed; retrying after backoff (the cursor waits)");
+                    attempt = attempt.saturating_add(1);
+                    let delay = self.jittered(attempt);
+                    self.backoff(delay).await?;
+                }
+                Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+                Err(_) => return Err(Interrupted),
             }
         }
     }

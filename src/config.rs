@@ -4,6 +4,7 @@
 //! `SinkConfig { batch_size: 64, ..SinkConfig::new(dir) }`. Contradictions are refused
 //! by `open` with [`OpenError::InvalidConfig`] naming the field; nothing is clamped.
 
+use crate::dead_letter::{DEFAULT_MAX_DEAD_LETTER_BYTES, DeadLetterPolicy};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -118,6 +119,13 @@ pub struct SinkConfig {
     /// When set, metrics are published through the `metrics` facade with this prefix.
     /// Default `None`.
     pub metric_prefix: Option<String>,
+    /// What happens to a record the drain rejects permanently or that no longer
+    /// decodes. Default [`DeadLetterPolicy::Keep`]: stored in `dir/dead-letters/`.
+    pub dead_letters: DeadLetterPolicy,
+    /// Cap on the dead-letter store's files. A dead letter that would pass it is
+    /// refused (logged with its seq, counted in `dead_letters_refused`) and skipped;
+    /// delivery never stalls on it. Default 256 MiB.
+    pub max_dead_letter_bytes: u64,
 }
 
 impl SinkConfig {
@@ -136,6 +144,8 @@ impl SinkConfig {
             retry: RetryPolicy::default(),
             shutdown_timeout: Duration::from_secs(5),
             metric_prefix: None,
+            dead_letters: DeadLetterPolicy::Keep,
+            max_dead_letter_bytes: DEFAULT_MAX_DEAD_LETTER_BYTES,
         }
     }
 

@@ -55,10 +55,13 @@
 #![doc(test(attr(deny(warnings))))]
 
 mod actor;
+#[cfg(feature = "cli")]
+pub mod cli;
 mod codec;
 mod config;
 #[doc(hidden)]
 pub mod crashpoint;
+mod dead_letter;
 mod deadline;
 mod drain;
 mod error;
@@ -86,6 +89,10 @@ struct ReadmeDoctests;
 pub use codec::{BINCODE_CODEC_ID, BincodeCodec, Codec, CodecError, RAW_CODEC_ID, RawCodec};
 pub use config::{
     Durability, MAX_QUEUE_CAPACITY, MIN_SEGMENT_BYTES, Overflow, RetryPolicy, SinkConfig,
+};
+pub use dead_letter::{
+    DEFAULT_MAX_DEAD_LETTER_BYTES, DeadLetter, DeadLetterError, DeadLetterPolicy, DeadLetterReason,
+    DeadLetterStore, Selection,
 };
 pub use drain::{Batch, DrainError, DrainErrorKind, SinkDrain};
 pub use error::{OpenError, SinkError};

@@ -26,6 +26,7 @@ pub(crate) struct Metrics {
     pub(crate) wal_segments: Gauge,
     pub(crate) fsync_seconds: Histogram,
     pub(crate) acked_seq: Gauge,
+    pub(crate) dead_letter_bytes: Gauge,
 }
 
 impl Metrics {
@@ -60,6 +61,10 @@ impl Metrics {
                 "acked_seq",
                 "Seq through which every record is acknowledged",
             ),
+            dead_letter_bytes: gauge(
+                "dead_letter_bytes",
+                "Bytes of the dead-letter store's files",
+            ),
         }
     }
 
@@ -72,6 +77,7 @@ impl Metrics {
             wal_segments: Gauge::noop(),
             fsync_seconds: Histogram::noop(),
             acked_seq: Gauge::noop(),
+            dead_letter_bytes: Gauge::noop(),
         }
     }
 }

@@ -2,9 +2,11 @@
 //! queues to the WAL writer.
 
 use std::fmt;
+use std::future::Future;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::pin::Pin;
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, Weak};
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -16,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 use crate::actor::{Actor, ActorInit};
 use crate::codec::{BincodeCodec, Codec, CodecError};
 use crate::config::{Durability, Overflow, SinkConfig};
+use crate::dead_letter::{DeadLetterStore, StoreFiles, WalAppend};
 use crate::drain::SinkDrain;
 use crate::error::{OpenError, SinkError};
 use crate::handle::SinkHandle;
@@ -105,6 +108,7 @@ struct Inner<T> {
     codec: Arc<dyn Codec<T>>,
     overflow: Overflow,
     max_record_bytes: usize,
+    dead_letters: DeadLetterStore,
     dir: PathBuf,
     report: RecoveryReport,
 }
@@ -114,6 +118,60 @@ impl<T> Clone for DurableSink<T> {
         Self {
             inner: Arc::clone(&self.inner),
         }
+    }
+}
+
+impl<T> Inner<T> {
+    fn closed_error(&self) -> SinkError {
+        self.shared.failure().unwrap_or(SinkError::Closed)
+    }
+
+    /// Waits until `bytes` fit in the disk budget, or the sink closes or fails.
+    async fn reserve_waiting(&self, bytes: u64) -> Result<Reservation<'_>, SinkError> {
+        let shared = &*self.shared;
+        // Bounded by deletions: each pass either reserves, or waits for a wake-up
+        // from a deletion, a failure, or the queue closing.
+        loop {
+            let room = shared.room.notified();
+            tokio::pin!(room);
+            room.as_mut().enable();
+            if let Some(e) = shared.failure() {
+                return Err(e);
+            }
+            if shared.try_reserve(bytes) {
+                return Ok(Reservation { shared, bytes });
+            }
+            tokio::select! {
+                () = room => {}
+                () = self.tx.closed() => return Err(self.closed_error()),
+            }
+        }
+    }
+}
+
+/// A redrive through the running sink: the record's encoded bytes, queued as a new
+/// record (waiting for room like `push`), answered once durable.
+impl<T: Send + 'static> WalAppend for Inner<T> {
+    fn append_durable(
+        &self,
+        payload: Vec<u8>,
+    ) -> Pin<Box<dyn Future<Output = Result<u64, SinkError>> + Send + '_>> {
+        Box::pin(async move {
+            if payload.len() > self.max_record_bytes {
+                return Err(SinkError::TooLarge {
+                    len: payload.len(),
+                    limit: self.max_record_bytes,
+                });
+            }
+            let reservation = self.reserve_waiting(frame_bytes(payload.len())).await?;
+            let permit = self.tx.reserve().await.map_err(|_| self.closed_error())?;
+            reservation.commit();
+            let (tx, rx) = oneshot::channel();
+            permit.send_record(payload, Some(tx), WriterMsg::record);
+            let seq = rx.await.map_err(|_| self.closed_error())??;
+            self.shared.counters().redriven.add(1);
+            Ok(seq)
+        })
     }
 }
 
@@ -223,6 +281,33 @@ impl<T: Send + 'static> DurableSink<T> {
         };
         let metrics = Metrics::new(config.metric_prefix.as_deref());
         let dir = config.dir.clone();
+        let codec_id = codec.id();
+        let max_dead_letter_bytes = config.max_dead_letter_bytes;
+        let wal_storage = Arc::clone(&storage);
+        let (wal, dead_letter_files) = tokio::task::spawn_blocking(move || {
+            let wal = Wal::open(wal_storage, wal_config, metrics)?;
+            // Under the lock `Wal::open` took.
+            let files = StoreFiles::open(
+                Arc::clone(&storage),
+                &dir,
+                codec_id,
+                max_dead_letter_bytes,
+                true,
+            )
+            .map_err(|source| OpenError::Io {
+                op: "open the dead-letter store",
+                path: dir.join(crate::dead_letter::DEAD_LETTER_DIR),
+                source,
+            })?;
+            Ok::<_, OpenError>(((wal, storage, dir), files))
+        })
+        .await
+        .map_err(|e| OpenError::Io {
+            op: "recover",
+            path: config.dir.clone(),
+            source: std::io::Error::other(e.to_string()),
+        })??;
+        let (wal, storage, dir) = wal;
         let Wal {
             shared,
             writer,
@@ -230,13 +315,8 @@ impl<T: Send + 'static> DurableSink<T> {
             cursor,
             replay_through,
             report,
-        } = tokio::task::spawn_blocking(move || Wal::open(storage, wal_config, metrics))
-            .await
-            .map_err(|e| OpenError::Io {
-                op: "recover",
-                path: config.dir.clone(),
-                source: std::io::Error::other(e.to_string()),
-            })??;
+            lock,
+        } = wal;
 
         // The writer stops on the user's token, or when the delivery task ends for any
         // reason (including a panic): producers then see `Closed`, never a hang.
@@ -253,9 +333,31 @@ impl<T: Send + 'static> DurableSink<T> {
                 }
             })?;
 
+        let inner = Arc::new_cyclic(|me: &Weak<Inner<T>>| {
+            let appender: Weak<dyn WalAppend> = me.clone();
+            Inner {
+                tx,
+                shared: Arc::clone(&shared),
+                codec: Arc::clone(&codec),
+                overflow: config.overflow,
+                max_record_bytes: config.max_record_bytes,
+                dead_letters: DeadLetterStore::online(
+                    storage,
+                    dir.clone(),
+                    codec_id,
+                    dead_letter_files,
+                    lock,
+                    appender,
+                ),
+                dir,
+                report,
+            }
+        });
         let actor = Actor::new(ActorInit {
             drain,
             codec: Arc::clone(&codec),
+            dead_letters: inner.dead_letters.clone(),
+            dead_letter_policy: config.dead_letters,
             reader,
             cursor,
             shared: Arc::clone(&shared),
@@ -270,18 +372,7 @@ impl<T: Send + 'static> DurableSink<T> {
             shutdown_timeout: config.shutdown_timeout,
         });
         let task = tokio::spawn(actor.run());
-        let sink = Self {
-            inner: Arc::new(Inner {
-                tx,
-                shared,
-                codec,
-                overflow: config.overflow,
-                max_record_bytes: config.max_record_bytes,
-                dir,
-                report,
-            }),
-        };
-        Ok((sink, SinkHandle::new(task, thread)))
+        Ok((Self { inner }, SinkHandle::new(task, thread)))
     }
 
     /// Encodes `record` on the caller's thread into a reused thread-local buffer and
@@ -438,28 +529,11 @@ impl<T: Send + 'static> DurableSink<T> {
 
     /// Waits until `bytes` fit in the disk budget, or the sink closes or fails.
     async fn reserve_waiting(&self, bytes: u64) -> Result<Reservation<'_>, SinkError> {
-        let shared = &*self.inner.shared;
-        // Bounded by deletions: each pass either reserves, or waits for a wake-up
-        // from a deletion, a failure, or the queue closing.
-        loop {
-            let room = shared.room.notified();
-            tokio::pin!(room);
-            room.as_mut().enable();
-            if let Some(e) = shared.failure() {
-                return Err(e);
-            }
-            if shared.try_reserve(bytes) {
-                return Ok(Reservation { shared, bytes });
-            }
-            tokio::select! {
-                () = room => {}
-                () = self.inner.tx.closed() => return Err(self.closed_error()),
-            }
-        }
+        self.inner.reserve_waiting(bytes).await
     }
 
     fn closed_error(&self) -> SinkError {
-        self.inner.shared.failure().unwrap_or(SinkError::Closed)
+        self.inner.closed_error()
     }
 
     async fn request(
@@ -544,10 +618,18 @@ impl<T: Send + 'static> DurableSink<T> {
             wal_bytes: s.disk_used.load(Ordering::Relaxed),
             wal_segments: s.wal_segments.load(Ordering::Relaxed),
             disk_full: s.disk_full.load(Ordering::Acquire),
+            dead_letter_bytes: self.inner.dead_letters.bytes(),
             ..SinkStats::default()
         };
         s.counters().fill(&mut stats);
         stats
+    }
+
+    /// The dead letters of this sink: records the drain rejected permanently or that
+    /// no longer decode (see [`DeadLetterStore`]). Reading, purging and redriving work
+    /// while the sink runs; a redrive appends through this sink.
+    pub fn dead_letters(&self) -> DeadLetterStore {
+        self.inner.dead_letters.clone()
     }
 
     /// What `open` found and repaired.

@@ -104,6 +104,8 @@ counters! {
         /// The writer is holding writes because the disk is full (ENOSPC); pushes see
         /// `Overflow` or wait until space is freed.
         disk_full: bool,
+        /// Bytes of the dead-letter store's files.
+        dead_letter_bytes: u64,
     }
     counters {
         /// Records refused as `Overflow` (queue or disk budget full) since open.
@@ -122,6 +124,13 @@ counters! {
         corrupt_records => "corrupt_records_total", "Records lost to corruption and skipped";
         /// Files quarantined at open.
         quarantined_segments => "quarantined_segments_total", "Files renamed aside because they could not be read";
+        /// Records stored in the dead-letter store (rejected or undecodable).
+        dead_lettered => "dead_lettered_total", "Records stored as dead letters (rejected or undecodable)";
+        /// Dead letters refused because the store was full (logged with their seq and
+        /// skipped).
+        dead_letters_refused => "dead_letters_refused_total", "Dead letters refused because the store was full (skipped)";
+        /// Dead letters appended back to the WAL by a redrive through this sink.
+        redriven => "redriven_total", "Dead letters appended back to the WAL by a redrive";
     }
 }
 

@@ -410,7 +410,10 @@ async fn a_flipped_length_bit_loses_exactly_that_record() -> Result<(), Box<dyn 
             let tmp = tempfile::tempdir()?;
             for entry in std::fs::read_dir(source.path())? {
                 let entry = entry?;
-                std::fs::copy(entry.path(), tmp.path().join(entry.file_name()))?;
+                // Files only: the (empty) dead-letter store is recreated at open.
+                if entry.file_type()?.is_file() {
+                    std::fs::copy(entry.path(), tmp.path().join(entry.file_name()))?;
+                }
             }
             let victim = tmp.path().join(segs[which].file_name().ok_or("name")?);
             let mut bytes = std::fs::read(&victim)?;

@@ -120,6 +120,10 @@ async fn every_metric_is_published_and_moves() -> Result<(), Box<dyn std::error:
         "rejected_total",
         "corrupt_records_total",
         "quarantined_segments_total",
+        "dead_lettered_total",
+        "dead_letters_refused_total",
+        "redriven_total",
+        "dead_letter_bytes",
     ];
     let described = rec.described.lock().map_err(|e| e.to_string())?.clone();
     for n in names {
@@ -130,6 +134,8 @@ async fn every_metric_is_published_and_moves() -> Result<(), Box<dyn std::error:
     }
     assert_eq!(rec.get("dlq_pushed_total"), Some(10));
     assert_eq!(rec.get("dlq_rejected_total"), Some(1));
+    assert_eq!(rec.get("dlq_dead_lettered_total"), Some(1));
+    assert!(rec.gauge("dlq_dead_letter_bytes").unwrap_or(0.0) > 0.0);
     assert!(rec.get("dlq_writes_total").unwrap_or(0) >= 2);
     assert!(rec.get("dlq_write_errors_total").unwrap_or(0) >= 1);
     assert!(

@@ -12,6 +12,9 @@ fn every_counter_reaches_its_stats_field() {
         &counters.replayed,
         &counters.corrupt_records,
         &counters.quarantined_segments,
+        &counters.dead_lettered,
+        &counters.dead_letters_refused,
+        &counters.redriven,
     ];
     assert_eq!(all.len(), COUNTER_METRICS.len());
     for (i, c) in all.iter().enumerate() {
@@ -28,8 +31,11 @@ fn every_counter_reaches_its_stats_field() {
         stats.replayed,
         stats.corrupt_records,
         stats.quarantined_segments,
+        stats.dead_lettered,
+        stats.dead_letters_refused,
+        stats.redriven,
     ];
-    assert_eq!(got, [1, 2, 3, 4, 5, 6, 7, 8]);
+    assert_eq!(got, [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11]);
 }
 
 #[test]

@@ -503,6 +503,9 @@ pub(crate) const CURSOR_FILE: &str = "CURSOR";
 pub(crate) const SEQ_LEASE_FILE: &str = "SEQ_LEASE";
 /// Name of the lock file.
 pub(crate) const LOCK_FILE: &str = "LOCK";
+/// The dead-letter store's directory inside the WAL directory (its files are segments
+/// of this format; see `crate::dead_letter`).
+pub(crate) const DEAD_LETTER_DIR: &str = "dead-letters";
 /// Suffix appended to a file that could not be read, instead of deleting it.
 pub(crate) const QUARANTINE_SUFFIX: &str = ".quarantined";
 

@@ -50,6 +50,9 @@ pub(crate) struct Wal {
     /// Last seq written by an earlier run: records up to it are replayed.
     pub(crate) replay_through: u64,
     pub(crate) report: RecoveryReport,
+    /// The directory lock (the writer and the cursor hold clones): another holder, the
+    /// dead-letter store, keeps it no longer than the sink runs.
+    pub(crate) lock: Arc<dyn LockGuard>,
 }
 
 impl Wal {
@@ -116,9 +119,10 @@ impl Wal {
             active_len: rec.active_len,
             next_seq: rec.next_seq,
             lease: rec.lease,
-            lock,
+            lock: Arc::clone(&lock),
         });
         Ok(Self {
+            lock,
             shared,
             writer,
             reader,

@@ -35,10 +35,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use super::format::{
-    CURSOR_FILE, CorruptionKind, FRAME_HEADER_BYTES, HeaderStatus, LOCK_FILE, MAX_SEQ,
-    QUARANTINE_SUFFIX, REGISTER_VERSION, RegisterKind, SEGMENT_HEADER_BYTES, SEGMENT_NAME_DIGITS,
-    SEGMENT_SUFFIX, SEGMENT_VERSION, SEQ_LEASE_FILE, SegmentHeader, parse_segment_file_name,
-    segment_file_name,
+    CURSOR_FILE, CorruptionKind, DEAD_LETTER_DIR, FRAME_HEADER_BYTES, HeaderStatus, LOCK_FILE,
+    MAX_SEQ, QUARANTINE_SUFFIX, REGISTER_VERSION, RegisterKind, SEGMENT_HEADER_BYTES,
+    SEGMENT_NAME_DIGITS, SEGMENT_SUFFIX, SEGMENT_VERSION, SEQ_LEASE_FILE, SegmentHeader,
+    parse_segment_file_name, segment_file_name,
 };
 use super::register::{Register, RegisterOpen};
 use super::segment::{
@@ -231,7 +231,7 @@ fn inspect(s: &dyn Storage, dir: &Path, limits: RecoveryLimits) -> Result<Inspec
     let mut quarantined_seq_max = 0;
     for e in &entries {
         match e.name.as_str() {
-            LOCK_FILE => {}
+            LOCK_FILE | DEAD_LETTER_DIR => {}
             CURSOR_FILE | SEQ_LEASE_FILE if !e.is_file => not_files.push(e.name.clone()),
             CURSOR_FILE | SEQ_LEASE_FILE => {}
             n if n.ends_with(QUARANTINE_SUFFIX) => {

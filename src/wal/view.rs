@@ -22,8 +22,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use super::format::{
-    CURSOR_FILE, HeaderStatus, LOCK_FILE, QUARANTINE_SUFFIX, RegisterKind, SEQ_LEASE_FILE,
-    parse_segment_file_name,
+    CURSOR_FILE, DEAD_LETTER_DIR, HeaderStatus, LOCK_FILE, QUARANTINE_SUFFIX, RegisterKind,
+    SEQ_LEASE_FILE, parse_segment_file_name,
 };
 use super::register::{Register, RegisterPeek};
 use super::segment::{SegmentScanner, read_header, segment_path};
@@ -72,7 +72,7 @@ impl WalView {
         for entry in storage.list(dir)? {
             let name = entry.name;
             match (name.as_str(), entry.is_file) {
-                (LOCK_FILE | CURSOR_FILE | SEQ_LEASE_FILE, true) => {}
+                (LOCK_FILE | CURSOR_FILE | SEQ_LEASE_FILE, true) | (DEAD_LETTER_DIR, false) => {}
                 (n, _) if n.ends_with(QUARANTINE_SUFFIX) => quarantined.push(name),
                 (n, true) => match parse_segment_file_name(n) {
                     Some(first_seq) => {

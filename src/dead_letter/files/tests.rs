@@ -1,0 +1,214 @@
+use std::time::{Duration, UNIX_EPOCH};
+
+use super::*;
+use crate::dead_letter::entry::DeadLetterReason;
+use crate::testing::sim::{Crash, SimDisk};
+
+const WAL: &str = "/wal";
+
+fn meta(seq: u64) -> EntryMeta {
+    EntryMeta {
+        reason: if seq.is_multiple_of(2) {
+            DeadLetterReason::Rejected
+        } else {
+            DeadLetterReason::Undecodable
+        },
+        attempts: 2,
+        seq,
+        first_failed_at: UNIX_EPOCH + Duration::from_millis(1_000 + seq),
+        dead_lettered_at: UNIX_EPOCH + Duration::from_millis(2_000 + seq),
+        error: format!("error for {seq}"),
+    }
+}
+
+fn payload(seq: u64) -> Vec<u8> {
+    vec![seq as u8; (seq as usize * 13) % 300]
+}
+
+fn disk() -> Arc<SimDisk> {
+    let disk = SimDisk::new(7);
+    let st = disk.storage();
+    st.create_dir(Path::new(WAL)).expect("wal dir");
+    st.sync_dir(Path::new("/")).expect("root");
+    disk
+}
+
+fn open(disk: &Arc<SimDisk>, writable: bool) -> StoreFiles {
+    StoreFiles::open(disk.storage(), Path::new(WAL), 1, 1 << 30, writable).expect("open")
+}
+
+fn check(store: &StoreFiles, seqs: &[u64]) {
+    assert_eq!(store.seqs(0, usize::MAX), seqs);
+    for &s in seqs {
+        let e = store.get(s).expect("read").expect("held");
+        assert_eq!(e.meta, meta(s));
+        assert_eq!(e.payload, payload(s), "payload of {s}");
+    }
+}
+
+#[test]
+fn appends_survive_power_loss_and_a_seq_is_stored_once() {
+    let disk = disk();
+    let mut store = open(&disk, true);
+    for s in [5, 9, 12] {
+        assert_eq!(
+            store.append(&meta(s), &payload(s)).expect("append"),
+            Appended::Stored
+        );
+    }
+    assert_eq!(
+        store.append(&meta(9), &payload(9)).expect("again"),
+        Appended::AlreadyStored
+    );
+    disk.crash(Crash::PowerLoss {
+        tear: true,
+        flip: true,
+    });
+    let mut store = open(&disk, true);
+    check(&store, &[5, 9, 12]);
+    // A replay after the crash stores nothing twice.
+    assert_eq!(
+        store.append(&meta(12), &payload(12)).expect("replay"),
+        Appended::AlreadyStored
+    );
+    assert_eq!(store.damaged(), 0);
+}
+
+#[test]
+fn a_torn_append_is_cut_and_never_reported() {
+    let disk = disk();
+    let mut store = open(&disk, true);
+    store.append(&meta(1), &payload(1)).expect("append");
+    // The next append's fsync never happens: power is lost with its frame unsynced.
+    disk.fail_sync_after(Some(0));
+    assert!(store.append(&meta(2), &payload(2)).is_err());
+    disk.fail_sync_after(None);
+    disk.crash(Crash::PowerLoss {
+        tear: true,
+        flip: false,
+    });
+    let mut store = open(&disk, true);
+    check(&store, &[1]);
+    store
+        .append(&meta(3), &payload(3))
+        .expect("append after the cut");
+    let store = open(&disk, false);
+    check(&store, &[1, 3]);
+    assert_eq!(store.damaged(), 0);
+}
+
+#[test]
+fn the_cap_refuses_without_writing() {
+    let disk = disk();
+    let st = disk.storage();
+    let mut store = StoreFiles::open(st, Path::new(WAL), 1, 400, true).expect("open");
+    assert_eq!(
+        store.append(&meta(1), &payload(1)).expect("fits"),
+        Appended::Stored
+    );
+    let before = store.bytes();
+    assert_eq!(
+        store.append(&meta(20), &vec![0; 400]).expect("full"),
+        Appended::Full
+    );
+    assert_eq!(store.bytes(), before);
+    check(&store, &[1]);
+}
+
+#[test]
+fn files_roll_and_purge_rewrites_them_crash_safely() {
+    let disk = disk();
+    let mut store = open(&disk, true);
+    let big = vec![1u8; 5 << 20];
+    let mut seqs = Vec::new();
+    for s in 1..=12u64 {
+        let p = if s % 3 == 0 { big.clone() } else { payload(s) };
+        store.append(&meta(s), &p).expect("append");
+        seqs.push(s);
+    }
+    let files = disk.names_in(&Path::new(WAL).join(DEAD_LETTER_DIR));
+    assert!(files.len() >= 2, "rolled: {files:?}");
+    let small: Vec<u64> = seqs.iter().copied().filter(|s| s % 3 != 0).collect();
+    // Purge the large ones; the rest keep their bytes.
+    let big_seqs: Vec<u64> = seqs.iter().copied().filter(|s| s % 3 == 0).collect();
+    assert_eq!(store.purge(Some(&big_seqs)).expect("purge"), 4);
+    check(&store, &small);
+    disk.crash(Crash::PowerLoss {
+        tear: true,
+        flip: true,
+    });
+    let mut store = open(&disk, true);
+    check(&store, &small);
+    // Appends go on after a purge, and a purge of everything empties the store.
+    store.append(&meta(40), &payload(40)).expect("append");
+    assert_eq!(store.count(), small.len() as u64 + 1);
+    assert_eq!(
+        store.purge(None).expect("purge all"),
+        small.len() as u64 + 1
+    );
+    assert_eq!(store.count(), 0);
+    disk.crash(Crash::PowerLoss {
+        tear: false,
+        flip: false,
+    });
+    assert_eq!(open(&disk, false).count(), 0);
+}
+
+#[test]
+fn a_crash_at_any_sync_of_a_purge_leaves_each_entry_whole() {
+    // The purge's syncs, in order: rewrite file, rename (dir). Fail each in turn and
+    // lose power: every entry is either still there whole or purged, never damaged.
+    for fail_at in 0..4u64 {
+        let disk = disk();
+        let mut store = open(&disk, true);
+        for s in 1..=6 {
+            store.append(&meta(s), &payload(s)).expect("append");
+        }
+        disk.fail_sync_after(Some(fail_at));
+        let _ = store.purge(Some(&[2, 4]));
+        disk.fail_sync_after(None);
+        disk.crash(Crash::PowerLoss {
+            tear: true,
+            flip: true,
+        });
+        let store = open(&disk, true);
+        let held = store.seqs(0, usize::MAX);
+        for s in [1, 3, 5, 6] {
+            assert!(
+                held.contains(&s),
+                "fail_at {fail_at}: kept entry {s} lost: {held:?}"
+            );
+        }
+        check(&store, &held);
+        assert_eq!(store.damaged(), 0, "fail_at {fail_at}");
+        let names = disk.names_in(&Path::new(WAL).join(DEAD_LETTER_DIR));
+        assert!(
+            names.iter().all(|n| !n.ends_with(PURGE_SUFFIX)),
+            "fail_at {fail_at}: {names:?}"
+        );
+    }
+}
+
+#[test]
+fn damage_is_counted_and_skipped_and_a_read_only_open_changes_nothing() {
+    let disk = disk();
+    let mut store = open(&disk, true);
+    for s in 1..=3 {
+        store.append(&meta(s), &payload(s)).expect("append");
+    }
+    let file = Path::new(WAL)
+        .join(DEAD_LETTER_DIR)
+        .join(crate::wal::format::segment_file_name(1));
+    let loc = store.index[&2];
+    disk.damage(&file, loc.offset + FRAME_HEADER_BYTES as u64 + 3, &[0xee])
+        .expect("damage");
+    let changes = disk.changes();
+    let ro = open(&disk, false);
+    assert_eq!(ro.seqs(0, 10), vec![1, 3]);
+    assert_eq!(ro.damaged(), 1);
+    assert_eq!(disk.changes(), changes, "a read-only open wrote");
+    // No store at all reads as empty.
+    let empty = SimDisk::new(1);
+    empty.storage().create_dir(Path::new(WAL)).expect("dir");
+    assert_eq!(open(&empty, false).count(), 0);
+}

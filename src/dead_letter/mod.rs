@@ -1,0 +1,533 @@
+//! Dead letters: records the sink could not deliver, kept with their context,
+//! inspectable, and redrivable once the cause is fixed.
+//!
+//! A record becomes a dead letter when the drain rejects it with a permanent error
+//! (after bisection isolated it) or when it no longer decodes with the sink's codec.
+//! With [`DeadLetterPolicy::Keep`] (the default) the delivery task stores it in
+//! `DIR/dead-letters/` ([`files`]: walsink's own segment format) *before* the WAL
+//! cursor passes its record, so no crash loses it, and at most once per original seq,
+//! so a replay after a crash stores nothing twice. When the store is full
+//! (`max_dead_letter_bytes`), delivery does not stall: the record is refused, logged
+//! with its seq, counted (`dead_letters_refused_total`) and skipped.
+//!
+//! [`DeadLetterStore`] reads the store (while a sink runs, too) and changes it:
+//! [`purge`](DeadLetterStore::purge) removes entries, [`redrive`](DeadLetterStore::redrive)
+//! appends them back to the WAL as new records, durable before they leave the store,
+//! so a crash mid-redrive leaves each record in the store, in the WAL, or both.
+
+mod entry;
+mod files;
+mod redrive;
+
+use std::any::Any;
+use std::fmt;
+use std::future::Future;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, PoisonError, Weak};
+use std::time::SystemTime;
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::codec::{BINCODE_CODEC_ID, BincodeCodec, Codec, CodecError, RAW_CODEC_ID};
+use crate::error::SinkError;
+use crate::wal::format::LOCK_FILE;
+use crate::wal::storage::{LockError, LockGuard, RealStorage, Storage};
+
+pub use entry::DeadLetterReason;
+pub(crate) use entry::{EntryMeta, rfc3339};
+pub(crate) use files::{Appended, DEAD_LETTER_DIR, StoreFiles, StoredEntry};
+
+/// What the sink does with a record the drain rejects permanently or that no longer
+/// decodes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum DeadLetterPolicy {
+    /// Keep it in `DIR/dead-letters/` with its context (the default).
+    #[default]
+    Keep,
+    /// Log it with its seq, count it, and skip it.
+    Discard,
+}
+
+/// One dead letter: the record's encoded bytes, unchanged, and why it failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeadLetter {
+    seq: u64,
+    reason: DeadLetterReason,
+    error: String,
+    attempts: u32,
+    first_failed_at: SystemTime,
+    dead_lettered_at: SystemTime,
+    codec_id: u32,
+    payload: Vec<u8>,
+}
+
+impl DeadLetter {
+    fn new(meta: EntryMeta, payload: Vec<u8>, codec_id: u32) -> Self {
+        Self {
+            seq: meta.seq,
+            reason: meta.reason,
+            error: meta.error,
+            attempts: meta.attempts,
+            first_failed_at: meta.first_failed_at,
+            dead_lettered_at: meta.dead_lettered_at,
+            codec_id,
+            payload,
+        }
+    }
+
+    /// The seq the record had in the WAL (a dead letter's name).
+    pub fn seq(&self) -> u64 {
+        self.seq
+    }
+
+    /// Why it failed.
+    pub fn reason(&self) -> DeadLetterReason {
+        self.reason
+    }
+
+    /// The drain's error and its source chain (`a: b: c`), or the codec's error.
+    pub fn error(&self) -> &str {
+        &self.error
+    }
+
+    /// `write_batch` calls that included the record (0 for an undecodable one).
+    pub fn attempts(&self) -> u32 {
+        self.attempts
+    }
+
+    /// When the first of those calls failed.
+    pub fn first_failed_at(&self) -> SystemTime {
+        self.first_failed_at
+    }
+
+    /// When it was stored.
+    pub fn dead_lettered_at(&self) -> SystemTime {
+        self.dead_lettered_at
+    }
+
+    /// Id of the codec that encoded it (recorded in the store's file header).
+    pub fn codec_id(&self) -> u32 {
+        self.codec_id
+    }
+
+    /// The record's encoded bytes, exactly as they were in the WAL.
+    pub fn payload(&self) -> &[u8] {
+        &self.payload
+    }
+
+    /// Decodes the record with the built-in codec that encoded it, by
+    /// [`codec_id`](Self::codec_id): [`BincodeCodec`], or [`RawCodec`](crate::RawCodec)
+    /// (whose records decode as `Vec<u8>`). A sink with its own codec decodes with
+    /// [`decode_with`](Self::decode_with).
+    ///
+    /// # Errors
+    ///
+    /// The codec's error, or an error naming the codec id if it is not built in.
+    pub fn decode<T>(&self) -> Result<T, CodecError>
+    where
+        T: Serialize + DeserializeOwned + Send + 'static,
+    {
+        match self.codec_id {
+            BINCODE_CODEC_ID => Codec::<T>::decode(&BincodeCodec, &self.payload),
+            RAW_CODEC_ID => {
+                let raw: Box<dyn Any> = Box::new(self.payload.clone());
+                raw.downcast::<T>()
+                    .map(|v| *v)
+                    .map_err(|_| CodecError::new("raw-codec records decode only as Vec<u8>"))
+            }
+            id => Err(CodecError::new(format!(
+                "codec id {id} is not built in: use decode_with and the sink's codec"
+            ))),
+        }
+    }
+
+    /// Decodes the record with `codec` (the sink's).
+    ///
+    /// # Errors
+    ///
+    /// The codec's error.
+    pub fn decode_with<T: 'static>(&self, codec: &dyn Codec<T>) -> Result<T, CodecError> {
+        codec.decode(&self.payload)
+    }
+}
+
+/// Which dead letters a [`purge`](DeadLetterStore::purge) or
+/// [`redrive`](DeadLetterStore::redrive) takes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Selection {
+    /// Every dead letter.
+    All,
+    /// These original seqs (absent ones are ignored).
+    Seqs(Vec<u64>),
+}
+
+/// Why a dead-letter store operation failed.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum DeadLetterError {
+    /// The directory is locked by a live sink and the operation would change it (use
+    /// the store that sink's [`DurableSink::dead_letters`](crate::DurableSink::dead_letters)
+    /// returns, or stop it first). Reading works while it is locked.
+    #[error("WAL directory {dir} is locked by a live sink")]
+    Locked {
+        /// The WAL directory.
+        dir: PathBuf,
+    },
+    /// `dir` is not a WAL directory (missing, or not a directory).
+    #[error("{dir} is not a walsink directory: {why}")]
+    NotAWalDirectory {
+        /// The path given.
+        dir: PathBuf,
+        /// What is wrong with it.
+        why: String,
+    },
+    /// The sink this store belongs to has shut down; open the store again offline.
+    #[error("the sink has shut down")]
+    Closed,
+    /// Reading or writing the store (or the WAL) failed.
+    #[error("dead-letter store I/O failed: {0}")]
+    Io(#[source] Arc<io::Error>),
+    /// Appending to the WAL during a redrive failed.
+    #[error("redrive failed: {0}")]
+    Sink(#[source] SinkError),
+}
+
+impl From<io::Error> for DeadLetterError {
+    fn from(e: io::Error) -> Self {
+        Self::Io(Arc::new(e))
+    }
+}
+
+/// Appends encoded records to a running sink's WAL, durable before it answers (the
+/// running sink's side of a redrive).
+pub(crate) trait WalAppend: Send + Sync {
+    /// Appends `payload` as a new record; its seq once durable.
+    fn append_durable(
+        &self,
+        payload: Vec<u8>,
+    ) -> Pin<Box<dyn Future<Output = Result<u64, SinkError>> + Send + '_>>;
+}
+
+/// A running sink's claim on the store: its lock, released when delivery ends.
+#[derive(Debug)]
+struct Online {
+    /// The WAL directory lock, held while the sink runs; `None` once it ended.
+    lock: Option<Arc<dyn LockGuard>>,
+}
+
+#[derive(Debug)]
+struct State {
+    /// A running sink's store: its files, open for appends, and its lock.
+    files: Option<StoreFiles>,
+    online: Option<Online>,
+}
+
+struct StoreInner {
+    storage: Arc<dyn Storage>,
+    wal_dir: PathBuf,
+    max_bytes: u64,
+    codec_id: u32,
+    state: Mutex<State>,
+    appender: Option<Weak<dyn WalAppend>>,
+}
+
+impl fmt::Debug for StoreInner {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DeadLetterStore")
+            .field("dir", &self.wal_dir)
+            .field("online", &self.appender.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+/// The dead letters of a WAL directory. Cheap to clone.
+///
+/// From [`DurableSink::dead_letters`](crate::DurableSink::dead_letters), it is the
+/// running sink's store: every operation works, and a redrive goes through the sink.
+/// From [`open`](Self::open), it is a view of the directory: reading works even while
+/// a sink runs there; `purge` and `redrive` take the directory lock for their duration
+/// and fail with [`DeadLetterError::Locked`] if a live sink holds it.
+///
+/// Operations do blocking file I/O on tokio's blocking pool.
+#[derive(Debug, Clone)]
+pub struct DeadLetterStore {
+    inner: Arc<StoreInner>,
+}
+
+/// Default for `SinkConfig::max_dead_letter_bytes`: 256 MiB.
+pub const DEFAULT_MAX_DEAD_LETTER_BYTES: u64 = 256 << 20;
+
+impl DeadLetterStore {
+    /// The store of a running sink, around `files` (opened writable under `lock`).
+    pub(crate) fn online(
+        storage: Arc<dyn Storage>,
+        wal_dir: PathBuf,
+        codec_id: u32,
+        files: StoreFiles,
+        lock: Arc<dyn LockGuard>,
+        appender: Weak<dyn WalAppend>,
+    ) -> Self {
+        Self {
+            inner: Arc::new(StoreInner {
+                storage,
+                wal_dir,
+                max_bytes: u64::MAX,
+                codec_id,
+                state: Mutex::new(State {
+                    files: Some(files),
+                    online: Some(Online { lock: Some(lock) }),
+                }),
+                appender: Some(appender),
+            }),
+        }
+    }
+
+    /// Opens the dead letters of the WAL directory `dir` without taking its lock.
+    ///
+    /// # Errors
+    ///
+    /// [`DeadLetterError::NotAWalDirectory`] if `dir` is not a directory.
+    pub async fn open(dir: impl AsRef<Path>) -> Result<Self, DeadLetterError> {
+        let storage: Arc<dyn Storage> = Arc::new(RealStorage);
+        Self::open_on(storage, dir.as_ref().to_path_buf()).await
+    }
+
+    pub(crate) async fn open_on(
+        storage: Arc<dyn Storage>,
+        dir: PathBuf,
+    ) -> Result<Self, DeadLetterError> {
+        let meta = blocking(move || {
+            let meta = std::fs::metadata(&dir);
+            (dir, meta)
+        })
+        .await?;
+        let (dir, meta) = meta;
+        match meta {
+            Ok(m) if m.is_dir() => {}
+            Ok(_) => {
+                return Err(DeadLetterError::NotAWalDirectory {
+                    dir,
+                    why: "not a directory".into(),
+                });
+            }
+            Err(e) => {
+                return Err(DeadLetterError::NotAWalDirectory {
+                    dir,
+                    why: e.to_string(),
+                });
+            }
+        }
+        Ok(Self {
+            inner: Arc::new(StoreInner {
+                storage,
+                wal_dir: dir,
+                max_bytes: u64::MAX,
+                codec_id: 0,
+                state: Mutex::new(State {
+                    files: None,
+                    online: None,
+                }),
+                appender: None,
+            }),
+        })
+    }
+
+    /// Runs `f` on the store's files: the running sink's, or a fresh read-only scan.
+    async fn read<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&StoreFiles, u32) -> io::Result<R> + Send + 'static,
+    ) -> Result<R, DeadLetterError> {
+        let inner = Arc::clone(&self.inner);
+        blocking(move || {
+            let st = inner.state.lock().unwrap_or_else(PoisonError::into_inner);
+            match &st.files {
+                Some(files) => f(files, inner.codec_id),
+                None => {
+                    drop(st);
+                    let files = StoreFiles::open(
+                        Arc::clone(&inner.storage),
+                        &inner.wal_dir,
+                        0,
+                        inner.max_bytes,
+                        false,
+                    )?;
+                    let codec_id = files.codec_id().unwrap_or(0);
+                    f(&files, codec_id)
+                }
+            }
+        })
+        .await?
+        .map_err(DeadLetterError::from)
+    }
+
+    /// Dead letters held.
+    ///
+    /// # Errors
+    ///
+    /// [`DeadLetterError::Io`] if the store cannot be read.
+    pub async fn count(&self) -> Result<u64, DeadLetterError> {
+        self.read(|files, _| Ok(files.count())).await
+    }
+
+    /// Up to `limit` dead letters with a seq at or above `from_seq`, in seq order.
+    ///
+    /// # Errors
+    ///
+    /// [`DeadLetterError::Io`] if the store cannot be read.
+    pub async fn list(
+        &self,
+        from_seq: u64,
+        limit: usize,
+    ) -> Result<Vec<DeadLetter>, DeadLetterError> {
+        self.read(move |files, codec_id| {
+            let mut out = Vec::new();
+            for seq in files.seqs(from_seq, limit) {
+                if let Some(e) = files.get(seq)? {
+                    out.push(DeadLetter::new(e.meta, e.payload, codec_id));
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    /// The dead letter of original seq `seq`, if held.
+    ///
+    /// # Errors
+    ///
+    /// [`DeadLetterError::Io`] if the store cannot be read.
+    pub async fn get(&self, seq: u64) -> Result<Option<DeadLetter>, DeadLetterError> {
+        self.read(move |files, codec_id| {
+            Ok(files
+                .get(seq)?
+                .map(|e| DeadLetter::new(e.meta, e.payload, codec_id)))
+        })
+        .await
+    }
+
+    /// Removes the selected dead letters for good; returns how many were removed.
+    ///
+    /// # Errors
+    ///
+    /// [`DeadLetterError::Locked`] (offline, while a sink runs),
+    /// [`DeadLetterError::Closed`] (the sink has shut down), or
+    /// [`DeadLetterError::Io`].
+    pub async fn purge(&self, which: Selection) -> Result<u64, DeadLetterError> {
+        let inner = Arc::clone(&self.inner);
+        blocking(move || {
+            inner.with_writable(|files| {
+                let seqs = match &which {
+                    Selection::All => None,
+                    Selection::Seqs(s) => Some(s.as_slice()),
+                };
+                Ok(files.purge(seqs)?)
+            })
+        })
+        .await?
+    }
+
+    /// Appends the selected dead letters back to the WAL as new records (the drain
+    /// sees them again) and removes them from the store once they are durable there.
+    /// Returns `(original seq, new seq)` for each, in seq order.
+    ///
+    /// A crash part way leaves each record in the store, in the WAL, or both (then the
+    /// drain may see it twice), never neither. Offline, the WAL directory is opened and
+    /// recovered as a sink would (its lock held for the duration).
+    ///
+    /// # Errors
+    ///
+    /// As [`purge`](Self::purge), and [`DeadLetterError::Sink`] if the WAL append
+    /// fails (what was appended before stays appended and leaves the store).
+    pub async fn redrive(&self, which: Selection) -> Result<Vec<(u64, u64)>, DeadLetterError> {
+        match &self.inner.appender {
+            Some(appender) => redrive::online(&self.inner, appender, which).await,
+            None => redrive::offline(&self.inner, which).await,
+        }
+    }
+
+    /// Releases a running sink's lock (the delivery task calls this as it ends); from
+    /// then on changes fail with `Closed`.
+    pub(crate) fn release(&self) {
+        let mut st = self
+            .inner
+            .state
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(online) = st.online.as_mut() {
+            online.lock = None;
+        }
+    }
+
+    /// Stores a dead letter (the delivery task, while the sink runs).
+    pub(crate) fn append(&self, meta: &EntryMeta, payload: &[u8]) -> io::Result<Appended> {
+        self.inner.with_files(|files| files.append(meta, payload))
+    }
+
+    /// Bytes of the store's files (a running sink's store).
+    pub(crate) fn bytes(&self) -> u64 {
+        self.inner.with_files(|f| Ok(f.bytes())).unwrap_or(0)
+    }
+}
+
+impl StoreInner {
+    /// Runs `f` on a running sink's files (never offline).
+    fn with_files<R>(&self, f: impl FnOnce(&mut StoreFiles) -> io::Result<R>) -> io::Result<R> {
+        let mut st = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        match st.files.as_mut() {
+            Some(files) => f(files),
+            None => Err(io::Error::other("no running sink owns this store")),
+        }
+    }
+
+    /// Runs `f` on writable files: the running sink's (while it holds the lock), or,
+    /// offline, the directory's, with its lock taken for the call.
+    fn with_writable<R>(
+        &self,
+        f: impl FnOnce(&mut StoreFiles) -> Result<R, DeadLetterError>,
+    ) -> Result<R, DeadLetterError> {
+        let mut st = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(online) = &st.online {
+            if online.lock.is_none() {
+                return Err(DeadLetterError::Closed);
+            }
+            return match st.files.as_mut() {
+                Some(files) => f(files),
+                None => Err(DeadLetterError::Closed),
+            };
+        }
+        drop(st);
+        let _lock = self.lock_offline()?;
+        let mut files = StoreFiles::open(
+            Arc::clone(&self.storage),
+            &self.wal_dir,
+            0,
+            self.max_bytes,
+            true,
+        )?;
+        f(&mut files)
+    }
+
+    /// Takes the WAL directory's lock for an offline change.
+    fn lock_offline(&self) -> Result<Box<dyn LockGuard>, DeadLetterError> {
+        match self.storage.try_lock(&self.wal_dir.join(LOCK_FILE)) {
+            Ok(g) => Ok(g),
+            Err(LockError::Held) => Err(DeadLetterError::Locked {
+                dir: self.wal_dir.clone(),
+            }),
+            Err(LockError::Io(e)) => Err(e.into()),
+        }
+    }
+}
+
+/// Runs blocking file work on tokio's blocking pool.
+async fn blocking<R: Send + 'static>(
+    f: impl FnOnce() -> R + Send + 'static,
+) -> Result<R, DeadLetterError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| DeadLetterError::Io(Arc::new(io::Error::other(e.to_string()))))
+}
