@@ -1,181 +1,278 @@
-//! The main demo: push 1 M events through a durable sink into a file-backed drain.
+//! The main demo: a dead-letter queue that loses nothing, through a flaky downstream,
+//! poison records and a `kill -9`.
 //!
 //! ```text
-//! cargo run --release --example quickstart [DIR] [COUNT]
+//! cargo run --release --example quickstart [DIR]
 //! ```
 //!
-//! Opens (or reopens) a sink with its WAL in `DIR/wal` (default: a fresh directory
-//! under the system temp dir), pushes `COUNT` events (default 1 000 000) of about 100
-//! bytes, and delivers them to `DIR/delivered.txt`, one line per event with its seq.
-//! Prints progress, then throughput and where the data is. Run it twice on the same
-//! `DIR` and kill the first run with Ctrl-C (or `kill -9`): the second run delivers what
-//! the first left undelivered before its own events.
+//! A service's failed orders (20 000 events) go through a durable sink into the
+//! shipped `FileDrain` (JSON lines, exactly once across crashes), behind a downstream
+//! that has outages (retryable errors) and rejects malformed records (permanent errors,
+//! which walsink isolates and keeps as dead letters). Halfway, the producing process is
+//! killed with SIGKILL; a new process opens the same directory and finishes. At the end
+//! the demo accounts for every event: delivered, dead-lettered, or lost (must be none
+//! of those the sink confirmed), with the duplicates the drain caught by seq, and the
+//! commands that show the dead letters.
+//!
+//! `DIR` defaults to a fresh directory under the system temp dir.
 
-use std::time::{Duration, Instant};
+use std::collections::BTreeSet;
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use tokio::io::AsyncWriteExt;
 use tokio_util::sync::CancellationToken;
-use walsink::{Batch, DrainError, DurableSink, SinkConfig, SinkDrain};
+use walsink::drains::FileDrain;
+use walsink::{Batch, DrainError, DurableSink, RetryPolicy, SinkConfig, SinkDrain};
 
-/// A typical dead-letter event.
-#[derive(Debug, Serialize, Deserialize)]
-struct Event {
+/// Events the demo pushes, in two processes.
+const EVENTS: u64 = 20_000;
+/// The first process is killed once this many events are confirmed durable.
+const KILL_AFTER: u64 = EVENTS / 2;
+
+/// A failed order, as a service would dead-letter it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct FailedOrder {
     id: u64,
-    source: String,
+    customer: String,
+    amount_cents: i64,
     reason: String,
-    attempt: u32,
 }
 
-/// Appends one line per event to a file. A real drain would produce to Kafka or
-/// insert into a store; `write_batch` returning `Ok` acknowledges the whole batch.
-struct FileDrain {
-    out: tokio::io::BufWriter<tokio::fs::File>,
-    delivered: std::sync::Arc<std::sync::atomic::AtomicU64>,
+fn order(id: u64) -> FailedOrder {
+    FailedOrder {
+        id,
+        customer: format!("cust-{:05}", id % 7919),
+        // One order in 997 is malformed: the downstream rejects it for good.
+        amount_cents: if id.is_multiple_of(997) {
+            -1
+        } else {
+            (id * 37 % 100_000) as i64
+        },
+        reason: "payment gateway timeout".into(),
+    }
 }
 
-impl SinkDrain<Event> for FileDrain {
-    async fn write_batch(&mut self, batch: Batch<Event>) -> Result<(), DrainError> {
-        let mut text = String::with_capacity(batch.len() * 96);
-        for (seq, ev) in batch.iter() {
-            text.push_str(&format!(
-                "{seq}\t{}\t{}\t{}\t{}\n",
-                ev.id, ev.source, ev.reason, ev.attempt
-            ));
+/// The downstream: the shipped FileDrain behind an outage every 50th call (three
+/// retryable failures in a row) and a schema check that rejects negative amounts.
+struct Downstream {
+    files: FileDrain<FailedOrder>,
+    calls: u64,
+    outage_left: u32,
+    replays_skipped: Arc<AtomicU64>,
+}
+
+impl SinkDrain<FailedOrder> for Downstream {
+    async fn write_batch(&mut self, batch: Batch<FailedOrder>) -> Result<(), DrainError> {
+        self.calls += 1;
+        if self.calls.is_multiple_of(50) {
+            self.outage_left = 3;
         }
-        self.out
-            .write_all(text.as_bytes())
-            .await
-            .map_err(DrainError::retryable)?;
-        // Acknowledge only what the file has: write it out before returning Ok.
-        self.out.flush().await.map_err(DrainError::retryable)?;
-        self.delivered
-            .fetch_add(batch.len() as u64, std::sync::atomic::Ordering::Relaxed);
-        Ok(())
+        if self.outage_left > 0 {
+            self.outage_left -= 1;
+            return Err(DrainError::retryable("downstream unavailable (HTTP 503)"));
+        }
+        if let Some((_, bad)) = batch.iter().find(|(_, o)| o.amount_cents < 0) {
+            let cause = std::io::Error::other(format!(
+                "order {}: amount_cents must be >= 0, got {}",
+                bad.id, bad.amount_cents
+            ));
+            return Err(DrainError::permanent(cause));
+        }
+        let res = self.files.write_batch(batch).await;
+        self.replays_skipped
+            .store(self.files.replays_skipped(), Ordering::Relaxed);
+        res
     }
+}
 
-    async fn close(&mut self) -> Result<(), DrainError> {
-        self.out.flush().await.map_err(DrainError::retryable)?;
-        self.out
-            .get_ref()
-            .sync_all()
-            .await
-            .map_err(DrainError::retryable)
+fn config(dir: &Path) -> SinkConfig {
+    SinkConfig {
+        batch_size: 64,
+        flush_interval: Duration::from_millis(5),
+        retry: RetryPolicy {
+            initial_delay: Duration::from_millis(1),
+            max_delay: Duration::from_millis(20),
+            multiplier: 2.0,
+        },
+        ..SinkConfig::new(dir.join("wal"))
     }
+}
+
+async fn open(
+    dir: &Path,
+) -> Result<
+    (
+        DurableSink<FailedOrder>,
+        walsink::SinkHandle,
+        Arc<AtomicU64>,
+    ),
+    Box<dyn std::error::Error>,
+> {
+    let skipped = Arc::new(AtomicU64::new(0));
+    let downstream = Downstream {
+        files: FileDrain::json_lines(dir.join("delivered"))?,
+        calls: 0,
+        outage_left: 0,
+        replays_skipped: Arc::clone(&skipped),
+    };
+    let (sink, handle) =
+        DurableSink::open(config(dir), downstream, CancellationToken::new()).await?;
+    Ok((sink, handle, skipped))
+}
+
+/// The first process: pushes events and reports each confirmed (synced) one, until
+/// the parent kills it.
+async fn first_process(dir: &Path) -> Result<(), Box<dyn std::error::Error>> {
+    let (sink, _handle, _) = open(dir).await?;
+    let mut out = std::io::stdout().lock();
+    for id in 0..EVENTS {
+        sink.push(order(id)).await?;
+        if id % 100 == 99 {
+            sink.sync().await?;
+            writeln!(out, "confirmed {id}")?;
+            out.flush()?;
+        }
+    }
+    // Not reached in the demo: the parent kills this process first.
+    std::future::pending::<()>().await;
+    Ok(())
 }
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1);
-    let base = match args.next() {
-        Some(d) => std::path::PathBuf::from(d),
-        None => std::env::temp_dir().join(format!("walsink-quickstart-{}", std::process::id())),
+    if args.next().as_deref() == Some("--first-process") {
+        let dir = PathBuf::from(args.next().ok_or("--first-process DIR")?);
+        return first_process(&dir).await;
+    }
+    let dir = match std::env::args().nth(1) {
+        Some(d) => PathBuf::from(d),
+        None => std::env::temp_dir().join(format!("walsink-dlq-demo-{}", std::process::id())),
     };
-    let count: u64 = args
-        .next()
-        .map(|c| c.parse())
-        .transpose()?
-        .unwrap_or(1_000_000);
-    tokio::fs::create_dir_all(&base).await?;
-    let out_path = base.join("delivered.txt");
-    let out = tokio::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&out_path)
-        .await?;
-    let delivered = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
-    let drain = FileDrain {
-        out: tokio::io::BufWriter::with_capacity(1 << 20, out),
-        delivered: delivered.clone(),
-    };
+    std::fs::create_dir_all(&dir)?;
+    println!("walsink DLQ demo in {}", dir.display());
 
-    let cfg = SinkConfig {
-        batch_size: 4096,
-        ..SinkConfig::new(base.join("wal"))
-    };
-    let shutdown = CancellationToken::new();
-    let (sink, handle) = DurableSink::<Event>::open(cfg, drain, shutdown.clone()).await?;
-    let rec = sink.recovery();
-    println!("walsink quickstart");
-    println!("  WAL:    {}", sink.dir().display());
-    println!("  output: {}", out_path.display());
-    if rec.replay_records > 0 {
+    // 1. A producing process, killed with SIGKILL once half the events are confirmed.
+    println!("1. process A pushes failed orders; `sync()` confirms them in groups of 100");
+    let mut child = Command::new(std::env::current_exe()?)
+        .arg("--first-process")
+        .arg(&dir)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let mut confirmed = 0u64;
+    for line in BufReader::new(child.stdout.take().ok_or("no stdout")?).lines() {
+        if let Some(id) = line?.strip_prefix("confirmed ") {
+            confirmed = id.parse::<u64>()? + 1;
+            if confirmed >= KILL_AFTER {
+                break;
+            }
+        }
+    }
+    child.kill()?; // SIGKILL: no destructor runs, nothing is flushed.
+    child.wait()?;
+    println!("   kill -9 after {confirmed} events confirmed durable");
+
+    // 2. A new process opens the same directory: it delivers what A left, then pushes
+    //    the rest.
+    let (sink, handle, skipped) = open(&dir).await?;
+    let report = sink.recovery().clone();
+    println!(
+        "2. process B reopens the directory: {} records to replay ({} segments)",
+        report.replay_records, report.segments
+    );
+    for id in confirmed..EVENTS {
+        sink.push(order(id)).await?;
+    }
+    sink.flush().await?;
+    let stats = sink.stats();
+    let dead = sink.dead_letters().list(0, usize::MAX).await?;
+    drop(sink);
+    handle.join().await?;
+
+    // 3. Where every event went.
+    let mut delivered = BTreeSet::new();
+    let mut seqs = BTreeSet::new();
+    let mut lines = 0u64;
+    let mut paths: Vec<PathBuf> = std::fs::read_dir(dir.join("delivered"))?
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .collect();
+    paths.sort();
+    for path in &paths {
+        for line in std::fs::read_to_string(path)?.lines() {
+            let v: serde_json::Value = serde_json::from_str(line)?;
+            seqs.insert(v["seq"].as_u64().ok_or("seq")?);
+            delivered.insert(v["record"]["id"].as_u64().ok_or("id")?);
+            lines += 1;
+        }
+    }
+    let dead_ids: BTreeSet<u64> = dead
+        .iter()
+        .map(|d| d.decode::<FailedOrder>().map(|o| o.id))
+        .collect::<Result<_, _>>()?;
+    let lost: Vec<u64> = (0..EVENTS)
+        .filter(|id| !delivered.contains(id) && !dead_ids.contains(id))
+        .collect();
+    println!("3. where every event went:");
+    println!(
+        "   delivered to {}: {} events in {} file(s)",
+        dir.join("delivered").display(),
+        delivered.len(),
+        paths.len()
+    );
+    println!(
+        "   kept as dead letters: {} (rejected by the downstream, with their error)",
+        dead_ids.len()
+    );
+    println!(
+        "   duplicates caught by seq: {} records delivered again after the kill were already in the files, and skipped",
+        skipped.load(Ordering::Relaxed)
+    );
+    println!(
+        "   pushed twice by the producers: {} events A pushed after its last confirmation made it to disk before the kill, and B pushed them again (new seqs: deduplicate by event id downstream)",
+        lines - delivered.len() as u64
+    );
+    println!(
+        "   downstream outages retried: {} batches; drain calls: {}",
+        stats.retries, stats.writes
+    );
+    println!("   lost: {} (of {EVENTS})", lost.len());
+    if !lost.is_empty() || lines != seqs.len() as u64 {
+        return Err(format!(
+            "lost {} events, or a seq written twice ({lines} lines, {} seqs)",
+            lost.len(),
+            seqs.len()
+        )
+        .into());
+    }
+    if let Some(d) = dead.first() {
         println!(
-            "  recovered up to {} undelivered records from an earlier run; they are delivered first",
-            rec.replay_records
+            "   e.g. dead letter seq {}: \"{}\" ({} drain calls included it)",
+            d.seq(),
+            d.error(),
+            d.attempts()
         );
     }
-
-    let ctrl_c = shutdown.clone();
-    tokio::spawn(async move {
-        if tokio::signal::ctrl_c().await.is_ok() {
-            eprintln!(
-                "\ninterrupted: shutting down gracefully (undelivered records stay in the WAL)"
-            );
-            ctrl_c.cancel();
-        }
-    });
-
-    let start = Instant::now();
-    let mut last_report = Instant::now();
-    for id in 0..count {
-        if shutdown.is_cancelled() {
-            break;
-        }
-        let ev = Event {
-            id,
-            source: "orders-service".into(),
-            reason: "schema validation failed: missing field 'sku'".into(),
-            attempt: 3,
-        };
-        sink.push(ev).await?;
-        if last_report.elapsed() > Duration::from_millis(250) {
-            last_report = Instant::now();
-            eprint!(
-                "\r  pushed {id:>9} / {count}   delivered {:>9}",
-                delivered.load(std::sync::atomic::Ordering::Relaxed)
-            );
-        }
-    }
-    let pushed_in = start.elapsed();
-    sink.sync().await?;
-    let synced_in = start.elapsed();
-    if !shutdown.is_cancelled() {
-        sink.flush().await?;
-    }
-    let delivered_in = start.elapsed();
-    let stats = sink.stats();
-    eprintln!(
-        "\r  pushed {:>9} / {count}   delivered {:>9}",
-        stats.pushed,
-        delivered.load(std::sync::atomic::Ordering::Relaxed)
-    );
-    shutdown.cancel();
-    let report = handle.join().await?;
-
-    let rate = |n: u64, d: Duration| n as f64 / d.as_secs_f64().max(1e-9);
+    let wal = dir.join("wal");
+    println!("inspect and redrive them:");
     println!(
-        "pushed    {} records in {:.2} s ({:.0} records/s)",
-        stats.pushed,
-        pushed_in.as_secs_f64(),
-        rate(stats.pushed, pushed_in)
-    );
-    println!("synced    (fsync) after {:.2} s", synced_in.as_secs_f64());
-    let delivered_now = delivered.load(std::sync::atomic::Ordering::Relaxed);
-    println!(
-        "delivered {delivered_now} records after {:.2} s ({:.0} records/s end to end, replayed ones included)",
-        delivered_in.as_secs_f64(),
-        rate(delivered_now, delivered_in)
+        "   cargo run --release --bin walsink -- dlq list {}",
+        wal.display()
     );
     println!(
-        "shutdown: acked through seq {}, {} left on disk for the next run",
-        report.acked_seq, report.left_on_disk
+        "   cargo run --release --bin walsink -- dlq show {} {} --format json",
+        wal.display(),
+        dead.first().map_or(1, |d| d.seq())
     );
     println!(
-        "data:     {} (WAL, {} segment file(s) left)",
-        sink.dir().display(),
-        stats.wal_segments
+        "   cargo run --release --bin walsink -- dlq redrive {} --all   # once the cause is fixed",
+        wal.display()
     );
-    println!("          {} (what the drain received)", out_path.display());
     Ok(())
 }

@@ -106,6 +106,9 @@ struct Interrupted;
 struct DeadLetters {
     store: DeadLetterStore,
     policy: DeadLetterPolicy,
+    /// A dead letter was stored since the cursor was last made durable: the next
+    /// cursor advance fsyncs, so that purging it cannot be undone by a replay.
+    stored: bool,
 }
 
 impl Drop for DeadLetters {
@@ -169,12 +172,14 @@ pub(crate) struct Actor<T, D> {
 impl<T: Send + 'static, D: SinkDrain<T>> Actor<T, D> {
     pub(crate) fn new(init: ActorInit<T, D>) -> Self {
         let acked_through = init.cursor.acked();
+        init.dead_letters.set_durable_cursor(init.cursor.durable());
         Self {
             drain: init.drain,
             codec: init.codec,
             dead_letters: DeadLetters {
                 store: init.dead_letters,
                 policy: init.dead_letter_policy,
+                stored: false,
             },
             wal: Some(Wal {
                 reader: init.reader,
@@ -344,13 +349,30 @@ impl<T: Send + 'static, D: SinkDrain<T>> Actor<T, D> {
     }
 
     async fn advance_cursor(&mut self, through: u64) {
-        let Some(res) = self.on_wal(move |wal| wal.cursor.advance(through)).await else {
+        // After storing dead letters, make the cursor durable at once: until it is,
+        // a power loss could replay their records, and a purge in between be undone.
+        let persist = std::mem::take(&mut self.dead_letters.stored);
+        let Some((res, durable)) = self
+            .on_wal(move |wal| {
+                let res = wal.cursor.advance(through).and_then(|()| {
+                    if persist {
+                        wal.cursor.persist()
+                    } else {
+                        Ok(())
+                    }
+                });
+                (res, wal.cursor.durable())
+            })
+            .await
+        else {
             return;
         };
+        self.dead_letters.store.set_durable_cursor(durable);
         if let Err(e) = res {
             // The acknowledgement stands in memory; the cursor file catches up on the
             // next advance. A crash meanwhile costs duplicates, not loss.
             tracing::error!(error = %e, through, "persisting the WAL cursor failed");
+            self.dead_letters.stored |= persist;
         }
         assert!(
             through >= self.acked_through,
@@ -568,6 +590,7 @@ impl<T: Send + 'static, D: SinkDrain<T>> Actor<T, D> {
             match tokio::task::spawn_blocking(move || store.append(&e.0, &e.1)).await {
                 Ok(Ok(Appended::Stored)) => {
                     crate::crashpoint::hit("dead_letter.after_store");
+                    self.dead_letters.stored = true;
                     tracing::warn!(seq, reason = %entry.0.reason, "record kept as a dead letter");
                     self.shared.counters().dead_lettered.add(1);
                     self.shared
@@ -576,9 +599,22 @@ impl<T: Send + 'static, D: SinkDrain<T>> Actor<T, D> {
                         .set(self.dead_letters.store.bytes() as f64);
                     return Ok(());
                 }
-                Ok(Ok(Appended::AlreadyStored)) => return Ok(()),
+                Ok(Ok(Appended::AlreadyStored)) => {
+                    // A replay after a crash between storing it and the durable cursor.
+                    tracing::info!(
+                        seq,
+                        "dead letter already stored (a delivery repeated after a crash)"
+                    );
+                    self.dead_letters.stored = true;
+                    return Ok(());
+                }
                 Ok(Ok(Appended::Full)) => {
                     tracing::error!(seq, reason = %entry.0.reason, "dead-letter store full (max_dead_letter_bytes); record skipped");
+                    self.shared.counters().dead_letters_refused.add(1);
+                    return Ok(());
+                }
+                Ok(Ok(Appended::TooLarge)) => {
+                    tracing::error!(seq, reason = %entry.0.reason, bytes = entry.1.len(), "dead letter larger than a frame may be; record skipped");
                     self.shared.counters().dead_letters_refused.add(1);
                     return Ok(());
                 }

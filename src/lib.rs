@@ -64,6 +64,7 @@ pub mod crashpoint;
 mod dead_letter;
 mod deadline;
 mod drain;
+pub mod drains;
 mod error;
 mod handle;
 mod inbox;

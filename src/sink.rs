@@ -344,7 +344,6 @@ impl<T: Send + 'static> DurableSink<T> {
                 dead_letters: DeadLetterStore::online(
                     storage,
                     dir.clone(),
-                    codec_id,
                     dead_letter_files,
                     lock,
                     appender,

@@ -285,3 +285,32 @@ async fn a_full_store_refuses_without_stalling_delivery_and_discard_keeps_nothin
     handle.join().await?;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redrive_the_drain_rejects_again_ends_and_keeps_the_record_under_its_new_seq()
+-> Result<(), Box<dyn std::error::Error>> {
+    let tmp = tempfile::tempdir()?;
+    let log = new_log();
+    let (drain, _) = strict(&log, vec![3]);
+    let (sink, handle) =
+        DurableSink::<u64>::open(small_config(tmp.path()), drain, CancellationToken::new()).await?;
+    for v in 0..6u64 {
+        sink.push(v).await?;
+    }
+    sink.flush().await?;
+    let store = sink.dead_letters();
+    // The cause is not fixed: the redrive appends it once and returns.
+    let moved = store.redrive(Selection::All).await?;
+    assert_eq!(moved.len(), 1);
+    let new_seq = moved[0].1;
+    sink.flush().await?;
+    let dl = store.list(0, 10).await?;
+    assert_eq!(
+        dl.iter().map(|d| d.seq()).collect::<Vec<_>>(),
+        vec![new_seq]
+    );
+    assert_eq!(dl[0].decode::<u64>()?, 3);
+    drop(sink);
+    handle.join().await?;
+    Ok(())
+}

@@ -8,7 +8,7 @@ use clap::{Args, Subcommand, ValueEnum};
 
 use super::{Exit, Failure, walsink_dir};
 use crate::dead_letter::StoredEntry;
-use crate::dead_letter::{DeadLetterStore, Selection, StoreFiles, rfc3339};
+use crate::dead_letter::{DeadLetterError, DeadLetterStore, Selection, StoreFiles, rfc3339};
 use crate::wal::storage::{RealStorage, Storage};
 
 /// `walsink dlq` subcommands; each takes the sink's directory.
@@ -181,11 +181,29 @@ pub(super) async fn run(cmd: DlqCommand) -> Result<Exit, Failure> {
         DlqCommand::Redrive { dir, which } => {
             let dir = walsink_dir(&dir)?;
             let store = DeadLetterStore::open(&dir).await?;
-            let moved = store.redrive(which.selection()).await?;
+            let selected = selected(&store, &which).await?;
+            let moved = match store.redrive(which.selection()).await {
+                Ok(m) => m,
+                Err(DeadLetterError::Sink { redriven, source }) => {
+                    // What moved before the failure is in the WAL and out of the store.
+                    for (old, new) in &redriven {
+                        println!("seq {old} -> {new}");
+                    }
+                    return Err(Failure::new(
+                        Exit::DamageOrNoMatch,
+                        format!(
+                            "redrive stopped after {} dead letters: {source}",
+                            redriven.len()
+                        ),
+                    ));
+                }
+                Err(e) => return Err(e.into()),
+            };
             for (old, new) in &moved {
                 println!("seq {old} -> {new}");
             }
             println!("redriven {} dead letters", moved.len());
+            held_back(selected, moved.len() as u64);
             Ok(if moved.is_empty() {
                 Exit::DamageOrNoMatch
             } else {
@@ -195,14 +213,43 @@ pub(super) async fn run(cmd: DlqCommand) -> Result<Exit, Failure> {
         DlqCommand::Purge { dir, which } => {
             let dir = walsink_dir(&dir)?;
             let store = DeadLetterStore::open(&dir).await?;
+            let selected = selected(&store, &which).await?;
             let n = store.purge(which.selection()).await?;
             println!("purged {n} dead letters");
+            held_back(selected, n);
             Ok(if n == 0 {
                 Exit::DamageOrNoMatch
             } else {
                 Exit::Done
             })
         }
+    }
+}
+
+/// How many dead letters `which` names in `store` now.
+async fn selected(store: &DeadLetterStore, which: &Which) -> Result<u64, Failure> {
+    if which.all {
+        return Ok(store.count().await?);
+    }
+    let mut seqs = which.seqs.clone();
+    seqs.sort_unstable();
+    seqs.dedup();
+    let mut n = 0;
+    for seq in seqs {
+        if store.get(seq).await?.is_some() {
+            n += 1;
+        }
+    }
+    Ok(n)
+}
+
+/// Says on stderr why some selected dead letters were left in the store.
+fn held_back(selected: u64, done: u64) {
+    if selected > done {
+        eprintln!(
+            "walsink: {} selected dead letters were left: their records are not yet durably acknowledged in the WAL (a crash could deliver and store them again); run the sink, then retry",
+            selected - done
+        );
     }
 }
 

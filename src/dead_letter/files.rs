@@ -5,20 +5,26 @@
 //!
 //! - Segment files are named by the number of their first entry, like WAL segments;
 //!   within a file, entry numbers are contiguous (the frame seq), so the WAL's scanner
-//!   reads them and counts damage exactly. Entry numbers are internal: a dead letter is
-//!   named by its *original seq* (the seq its record had in the WAL).
+//!   reads them and counts damage exactly. A new file is named above every existing
+//!   one. Entry numbers are internal: a dead letter is named by its *original seq* (the
+//!   seq its record had in the WAL).
 //! - At most one entry per original seq. The index (original seq → file, offset) is
-//!   built by scanning at open; `append` refuses a seq it already holds, so a replay
-//!   after a crash that fell between storing a dead letter and the cursor passing its
-//!   record stores nothing twice.
+//!   built by scanning at open; `append` writes nothing for a seq it already holds, so
+//!   a replay after a crash that fell between storing a dead letter and the cursor
+//!   passing its record stores nothing twice.
 //! - An append is durable before `append` returns: the frame is written and the file
-//!   fsynced; a new file is created and its directory synced first
-//!   (`create_segment`). Only the last file is appended to.
-//! - Bytes on disk never exceed `max_bytes` by an append: one that would is refused.
-//! - A purge rewrites each affected file to `<name>.purge`, fsyncs it, renames it over
-//!   the original and fsyncs the directory; a file left with no entry is deleted. A
-//!   crash leaves either file whole; a leftover `.purge` file (the rename never
-//!   happened) is deleted at the next writable open.
+//!   fsynced; a new file is created, synced and its directory synced first
+//!   (`create_segment`). Only the last file is appended to, and only while its header
+//!   names the sink's codec. A writable open fsyncs the last file and the directories
+//!   before trusting what a crashed process may have left in the page cache.
+//! - The store's files never pass `max_bytes` by an append: one that would is refused.
+//! - A purge removes only entries whose record the *durable* WAL cursor has passed
+//!   (others could be replayed and stored again after a crash). It rewrites each
+//!   affected file to `<name>.purge` keeping every other frame verbatim (undecodable
+//!   ones included), fsyncs it, renames it over the original and fsyncs the directory;
+//!   a file with damaged bytes is first copied whole to `<name>.quarantined`. A crash
+//!   leaves either file whole; a leftover `.purge` file (the rename never happened) is
+//!   deleted at the next writable open.
 //! - Nothing read from disk is trusted before its CRC is checked; damage is counted and
 //!   skipped, never a panic. A read-only open changes nothing on disk.
 
@@ -31,8 +37,9 @@ use std::sync::Arc;
 use super::entry::{EntryMeta, decode_entry, encode_entry};
 pub(crate) use crate::wal::format::DEAD_LETTER_DIR;
 use crate::wal::format::{
-    FRAME_HEADER_BYTES, FRAME_PAYLOAD_LIMIT_BYTES, FrameHeader, HeaderStatus, SegmentHeader,
-    encode_frame, frame_bytes, parse_segment_file_name,
+    FRAME_HEADER_BYTES, FRAME_PAYLOAD_LIMIT_BYTES, FrameHeader, HeaderStatus, MAX_SEQ,
+    QUARANTINE_SUFFIX, SEGMENT_HEADER_BYTES, SegmentHeader, encode_frame, frame_bytes,
+    parse_segment_file_name,
 };
 use crate::wal::segment::{ScanStep, SegmentScanner, create_segment, read_header, segment_path};
 use crate::wal::storage::{Storage, StorageFile, read_full_at};
@@ -53,13 +60,13 @@ struct Loc {
 /// One file of the store.
 #[derive(Debug, Clone, Copy)]
 struct FileInfo {
-    /// Codec id in its header (0 if the header is unreadable).
-    codec_id: u32,
+    /// Codec id in its header; `None` if the header is unreadable (never appended to).
+    codec_id: Option<u32>,
     /// Bytes in the file up to the end of its last valid frame.
     len: u64,
     /// Entry number its next frame gets.
     next_entry: u64,
-    /// Entries in it (live, indexed).
+    /// Entries in it that the index points to.
     entries: u64,
 }
 
@@ -72,6 +79,8 @@ pub(crate) enum Appended {
     AlreadyStored,
     /// It would pass the store's byte cap (nothing written).
     Full,
+    /// The entry is larger than a frame may be (nothing written).
+    TooLarge,
 }
 
 /// An entry read back.
@@ -79,6 +88,8 @@ pub(crate) enum Appended {
 pub(crate) struct StoredEntry {
     pub(crate) meta: EntryMeta,
     pub(crate) payload: Vec<u8>,
+    /// Codec id of the file that holds it.
+    pub(crate) codec_id: u32,
 }
 
 /// The store's files, index and (when writable) its append position.
@@ -101,9 +112,9 @@ pub(crate) struct StoreFiles {
 
 impl StoreFiles {
     /// Opens the store of the WAL directory `wal_dir`. Read-only: a missing store is
-    /// empty and nothing on disk changes. Writable (the caller holds the WAL lock):
-    /// the directory is created if missing, leftover purge files are deleted, and a
-    /// torn tail of the last file is cut.
+    /// empty and nothing on disk changes. Writable (the caller holds the WAL lock): the
+    /// directory is created if missing, leftover purge files are deleted, a torn tail
+    /// of the last file is cut, and what is on disk is made durable.
     pub(crate) fn open(
         storage: Arc<dyn Storage>,
         wal_dir: &Path,
@@ -128,34 +139,43 @@ impl StoreFiles {
             store.prepare_dir(wal_dir)?;
         }
         store.scan()?;
+        if writable {
+            store.make_durable()?;
+        }
         Ok(store)
     }
 
     fn prepare_dir(&self, wal_dir: &Path) -> io::Result<()> {
         match self.storage.create_dir(&self.dir) {
-            Ok(()) => {
-                // Sync the parent: a power loss could drop the new directory's entry,
-                // and every dead letter stored in it with it.
-                self.storage.sync_dir(wal_dir)?;
-            }
+            Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
             Err(e) => return Err(e),
         }
-        let mut removed = false;
+        // Sync the parent, also when the directory existed: a process that created it
+        // may have died before syncing, and a power loss would drop it with every dead
+        // letter in it.
+        self.storage.sync_dir(wal_dir)?;
         for e in self.storage.list(&self.dir)? {
             if e.is_file && e.name.ends_with(PURGE_SUFFIX) {
                 // A purge's rewrite that was never renamed into place: the original
-                // still holds every entry.
+                // still holds every entry. (Made durable by `make_durable`.)
                 self.storage.remove_file(&self.dir.join(&e.name))?;
-                removed = true;
             }
         }
-        if removed {
-            // Sync the deletes: otherwise a power loss could bring the partial rewrite
-            // back (harmless, but it would be deleted again at the next open).
-            self.storage.sync_dir(&self.dir)?;
-        }
         Ok(())
+    }
+
+    /// Fsyncs the last file and the directory (writable opens): a crashed process may
+    /// have left an append or a create in the page cache only, and the index now trusts
+    /// it (a replay would find its seq held and store nothing).
+    fn make_durable(&mut self) -> io::Result<()> {
+        if let Some((&first, _)) = self.files.last_key_value() {
+            self.storage
+                .open(&segment_path(&self.dir, first), true)?
+                .sync()?;
+        }
+        // Covers creates, the cut of a torn file and leftover deletes of an earlier run.
+        self.storage.sync_dir(&self.dir)
     }
 
     /// Rebuilds the file list and index from disk.
@@ -178,7 +198,12 @@ impl StoreFiles {
         firsts.sort_unstable();
         let last = firsts.last().copied();
         for first in firsts {
-            self.scan_file(first, Some(first) == last)?;
+            match self.scan_file(first, Some(first) == last) {
+                Ok(()) => {}
+                // Deleted by a purge of a running sink since the listing (read-only).
+                Err(e) if e.kind() == io::ErrorKind::NotFound && !self.writable => {}
+                Err(e) => return Err(e),
+            }
         }
         Ok(())
     }
@@ -189,17 +214,23 @@ impl StoreFiles {
         let file_len = file.len()?;
         let codec_id = match read_header(file.as_ref())? {
             HeaderStatus::Valid(h) if h.first_seq == first => h.codec_id,
+            _ if is_last && self.writable && file_len < SEGMENT_HEADER_BYTES as u64 => {
+                // A create torn by a crash or a full disk before its header was
+                // synced: it never held an entry. (Its delete is made durable by
+                // `make_durable`.)
+                drop(file);
+                return self.storage.remove_file(&path);
+            }
             _ => {
-                // Not a store file we can read: counted, never appended to (a new
-                // append goes to a new file above it).
+                // Not a store file we can read: counted, kept, never appended to.
                 self.damaged += 1;
                 self.bytes += file_len;
                 self.files.insert(
                     first,
                     FileInfo {
-                        codec_id: 0,
+                        codec_id: None,
                         len: file_len,
-                        next_entry: u64::MAX,
+                        next_entry: first.saturating_add(1),
                         entries: 0,
                     },
                 );
@@ -207,7 +238,7 @@ impl StoreFiles {
             }
         };
         let mut scanner = SegmentScanner::new(file, first, FRAME_PAYLOAD_LIMIT_BYTES);
-        let mut entries = 0;
+        let (mut entries, mut damaged) = (0, 0);
         loop {
             match scanner.next_step()? {
                 ScanStep::Frame { payload, .. } => {
@@ -228,19 +259,19 @@ impl StoreFiles {
                                     v.insert(loc);
                                     entries += 1;
                                 }
-                                Entry::Occupied(_) => self.damaged += 1,
+                                Entry::Occupied(_) => damaged += 1,
                             }
                         }
-                        Err(_) => self.damaged += 1,
+                        Err(_) => damaged += 1,
                     }
                 }
-                ScanStep::Corrupt { .. } => self.damaged += 1,
+                ScanStep::Corrupt { .. } => damaged += 1,
                 ScanStep::End { trailing_bytes } => {
                     // Trailing bytes of the last file are an append in progress (a
                     // reader beside a running sink) or torn by a crash (cut below by
                     // a writable open): neither is damage.
                     if trailing_bytes > 0 && !is_last {
-                        self.damaged += 1;
+                        damaged += 1;
                     }
                     break;
                 }
@@ -260,11 +291,12 @@ impl StoreFiles {
             f.sync()?;
             len = valid_end;
         }
+        self.damaged += damaged;
         self.bytes += len;
         self.files.insert(
             first,
             FileInfo {
-                codec_id,
+                codec_id: Some(codec_id),
                 len,
                 next_entry,
                 entries,
@@ -286,10 +318,7 @@ impl StoreFiles {
     /// Codec id of the records held (from the first readable file header), `None` if
     /// the store holds no readable file.
     pub(crate) fn codec_id(&self) -> Option<u32> {
-        self.files
-            .values()
-            .find(|f| f.next_entry != u64::MAX)
-            .map(|f| f.codec_id)
+        self.files.values().find_map(|f| f.codec_id)
     }
 
     /// Damaged frames or files found by the last scan.
@@ -311,6 +340,11 @@ impl StoreFiles {
             .collect()
     }
 
+    /// The highest original seq held.
+    pub(crate) fn last_seq(&self) -> Option<u64> {
+        self.index.last_key_value().map(|(&s, _)| s)
+    }
+
     /// Reads the entry for `seq`.
     pub(crate) fn get(&self, seq: u64) -> io::Result<Option<StoredEntry>> {
         let Some(loc) = self.index.get(&seq).copied() else {
@@ -319,6 +353,7 @@ impl StoreFiles {
         let file = self
             .storage
             .open(&segment_path(&self.dir, loc.file), false)?;
+        // At most a frame the scan accepted (bounded by the file's length).
         let len = usize::try_from(loc.frame_len).map_err(io::Error::other)?;
         let mut buf = vec![0u8; len];
         let n = read_full_at(file.as_ref(), &mut buf, loc.offset)?;
@@ -336,9 +371,15 @@ impl StoreFiles {
         if meta.seq != seq {
             return Err(damaged());
         }
+        let codec_id = self
+            .files
+            .get(&loc.file)
+            .and_then(|f| f.codec_id)
+            .unwrap_or(self.codec_id);
         Ok(Some(StoredEntry {
             meta,
             payload: payload.get(at..).unwrap_or_default().to_vec(),
+            codec_id,
         }))
     }
 
@@ -352,11 +393,28 @@ impl StoreFiles {
         }
         let mut entry = Vec::new();
         encode_entry(&mut entry, meta, payload);
+        if entry.len() > FRAME_PAYLOAD_LIMIT_BYTES {
+            return Ok(Appended::TooLarge);
+        }
         let frame_len = frame_bytes(entry.len());
-        if self.bytes.saturating_add(frame_len) > self.max_bytes {
+        let target = self.append_target(frame_len);
+        let new_file_bytes = if target.is_some() {
+            0
+        } else {
+            SEGMENT_HEADER_BYTES as u64
+        };
+        if self
+            .bytes
+            .saturating_add(frame_len)
+            .saturating_add(new_file_bytes)
+            > self.max_bytes
+        {
             return Ok(Appended::Full);
         }
-        let (first, info) = self.file_for_append(frame_len)?;
+        let (first, info) = match target {
+            Some(t) => self.open_active(t)?,
+            None => self.create_file()?,
+        };
         let mut frame = Vec::with_capacity(entry.len() + FRAME_HEADER_BYTES);
         encode_frame(&mut frame, info.next_entry, &entry);
         let Some((_, file)) = self.active.as_ref() else {
@@ -378,42 +436,65 @@ impl StoreFiles {
         self.files.insert(
             first,
             FileInfo {
-                codec_id: info.codec_id,
                 len: info.len + frame_len,
                 next_entry: info.next_entry + 1,
                 entries: info.entries + 1,
+                ..info
             },
         );
         Ok(Appended::Stored)
     }
 
-    /// The file the next frame goes to (opening or creating it), and its state.
-    fn file_for_append(&mut self, frame_len: u64) -> io::Result<(u64, FileInfo)> {
-        if let Some((&first, &info)) = self.files.last_key_value() {
-            let usable = info.next_entry != u64::MAX;
-            let roll = info.len + frame_len > FILE_ROLL_BYTES && info.entries > 0;
-            if usable && !roll {
-                if self.active.as_ref().is_none_or(|(f, _)| *f != first) {
-                    let file = self.storage.open(&segment_path(&self.dir, first), true)?;
-                    self.active = Some((first, file));
-                }
-                return Ok((first, info));
-            }
+    /// The last file, if the next frame may go there: readable, of the sink's codec,
+    /// not full, with room for another entry number.
+    fn append_target(&self, frame_len: u64) -> Option<u64> {
+        let (&first, info) = self.files.last_key_value()?;
+        let fits = info.len + frame_len <= FILE_ROLL_BYTES || info.entries == 0;
+        (info.codec_id == Some(self.codec_id) && fits && info.next_entry < MAX_SEQ).then_some(first)
+    }
+
+    fn open_active(&mut self, first: u64) -> io::Result<(u64, FileInfo)> {
+        let info = self
+            .files
+            .get(&first)
+            .copied()
+            .ok_or_else(|| io::Error::other("dead-letter file vanished from the index"))?;
+        if self.active.as_ref().is_none_or(|(f, _)| *f != first) {
+            let file = self.storage.open(&segment_path(&self.dir, first), true)?;
+            self.active = Some((first, file));
         }
-        // A new file above every entry number used so far.
-        let first = self.files.last_key_value().map_or(1, |(&f, i)| {
-            i.next_entry.max(f.saturating_add(1)).min(u64::MAX - 1)
-        });
+        Ok((first, info))
+    }
+
+    /// Creates a new file named above every existing one.
+    fn create_file(&mut self) -> io::Result<(u64, FileInfo)> {
+        let first = self
+            .files
+            .last_key_value()
+            .map_or(1, |(&f, i)| i.next_entry.max(f.saturating_add(1)));
+        if first >= MAX_SEQ {
+            return Err(io::Error::other(
+                "dead-letter store: entry numbers exhausted",
+            ));
+        }
         let header = SegmentHeader {
             codec_id: self.codec_id,
             first_seq: first,
             prev_last_seq: first - 1,
         };
         // Creates, syncs the file and syncs the directory (see `create_segment`).
-        let file = create_segment(self.storage.as_ref(), &self.dir, header, 0)?;
+        let file = match create_segment(self.storage.as_ref(), &self.dir, header, 0) {
+            Ok(f) => f,
+            Err(e) => {
+                // A partly created file (a full disk after the create) would make
+                // every retry fail with AlreadyExists: it holds no entry, remove it.
+                let _ = self.storage.remove_file(&segment_path(&self.dir, first));
+                return Err(e);
+            }
+        };
         let info = FileInfo {
-            codec_id: self.codec_id,
-            len: crate::wal::format::SEGMENT_HEADER_BYTES as u64,
+            codec_id: Some(self.codec_id),
+            len: SEGMENT_HEADER_BYTES as u64,
             next_entry: first,
             entries: 0,
         };
@@ -423,20 +504,24 @@ impl StoreFiles {
         Ok((first, info))
     }
 
-    /// Removes the entries for `seqs` (every entry if `None`); returns how many were
-    /// removed. See the module doc for the crash argument.
-    pub(crate) fn purge(&mut self, seqs: Option<&[u64]>) -> io::Result<u64> {
+    /// Removes the entries for `seqs` (every entry if `None`) whose seq is at most
+    /// `through` (the durable WAL cursor); returns how many were removed. See the
+    /// module doc for the crash argument. The index is rebuilt from disk afterwards,
+    /// also when a rewrite failed.
+    pub(crate) fn purge(&mut self, seqs: Option<&[u64]>, through: u64) -> io::Result<u64> {
         if !self.writable {
             return Err(io::Error::other("the dead-letter store is open read-only"));
         }
-        let doomed: Vec<u64> = match seqs {
-            None => self.index.keys().copied().collect(),
+        let mut doomed: Vec<u64> = match seqs {
+            None => self.index.range(..=through).map(|(&s, _)| s).collect(),
             Some(s) => s
                 .iter()
                 .copied()
-                .filter(|s| self.index.contains_key(s))
+                .filter(|&s| s <= through && self.index.contains_key(&s))
                 .collect(),
         };
+        doomed.sort_unstable();
+        doomed.dedup();
         if doomed.is_empty() {
             return Ok(0);
         }
@@ -447,31 +532,27 @@ impl StoreFiles {
             }
         }
         self.active = None;
+        let mut result = Ok(doomed.len() as u64);
         for (first, gone) in by_file {
-            self.rewrite_without(first, &gone)?;
+            if let Err(e) = self.rewrite_without(first, &gone) {
+                result = Err(e);
+                break;
+            }
         }
         self.scan()?;
-        Ok(doomed.len() as u64)
+        result
     }
 
-    /// Rewrites file `first` without the entries for `gone` (or deletes it if nothing
-    /// is left).
+    /// Rewrites file `first` without the entries for `gone` (sorted), keeping every
+    /// other frame verbatim, or deletes it if it held nothing else.
     fn rewrite_without(&mut self, first: u64, gone: &[u64]) -> io::Result<()> {
-        let keep: Vec<u64> = self
-            .index
-            .iter()
-            .filter(|(s, l)| l.file == first && !gone.contains(s))
-            .map(|(&s, _)| s)
-            .collect();
         let path = segment_path(&self.dir, first);
-        if keep.is_empty() {
-            self.storage.remove_file(&path)?;
-            // Sync the delete before more changes, so that the store never comes back
-            // with a purged entry after a power loss.
-            self.storage.sync_dir(&self.dir)?;
-            return Ok(());
-        }
-        let codec_id = self.files.get(&first).map_or(self.codec_id, |f| f.codec_id);
+        let info = self
+            .files
+            .get(&first)
+            .copied()
+            .ok_or_else(|| io::Error::other("dead-letter file vanished from the index"))?;
+        let codec_id = info.codec_id.unwrap_or(self.codec_id);
         let mut bytes = SegmentHeader {
             codec_id,
             first_seq: first,
@@ -479,18 +560,47 @@ impl StoreFiles {
         }
         .encode()
         .to_vec();
-        for (i, seq) in keep.iter().enumerate() {
-            let Some(e) = self.get(*seq)? else { continue };
-            let mut entry = Vec::new();
-            encode_entry(&mut entry, &e.meta, &e.payload);
-            encode_frame(&mut bytes, first + i as u64, &entry);
+        let mut kept = 0u64;
+        let mut damaged = false;
+        let mut scanner = SegmentScanner::new(
+            self.storage.open(&path, false)?,
+            first,
+            FRAME_PAYLOAD_LIMIT_BYTES,
+        );
+        loop {
+            match scanner.next_step()? {
+                ScanStep::Frame { payload, .. } => {
+                    let purged = decode_entry(payload)
+                        .is_ok_and(|(m, _)| gone.binary_search(&m.seq).is_ok());
+                    if !purged {
+                        encode_frame(&mut bytes, first + kept, payload);
+                        kept += 1;
+                    }
+                }
+                ScanStep::Corrupt { .. } => damaged = true,
+                ScanStep::End { trailing_bytes } => {
+                    damaged |= trailing_bytes > 0;
+                    break;
+                }
+            }
         }
-        let tmp = self.dir.join(format!(
-            "{}{PURGE_SUFFIX}",
-            path.file_name()
-                .and_then(|n| n.to_str())
-                .unwrap_or_default()
-        ));
+        drop(scanner);
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default()
+            .to_string();
+        if damaged {
+            self.quarantine_copy(&path, &name)?;
+        }
+        if kept == 0 {
+            self.storage.remove_file(&path)?;
+            // Sync the delete before more changes, so that the store never comes back
+            // with a purged entry after a power loss.
+            self.storage.sync_dir(&self.dir)?;
+            return Ok(());
+        }
+        let tmp = self.dir.join(format!("{name}{PURGE_SUFFIX}"));
         if let Err(e) = self.storage.remove_file(&tmp)
             && e.kind() != io::ErrorKind::NotFound
         {
@@ -506,6 +616,27 @@ impl StoreFiles {
         // Sync the rename: the purge is done only once the rewrite is the file.
         self.storage.sync_dir(&self.dir)?;
         Ok(())
+    }
+
+    /// Copies a file holding damaged bytes to `<name>.quarantined` (once) before a
+    /// purge replaces it, so that no byte is lost to the purge.
+    fn quarantine_copy(&self, path: &Path, name: &str) -> io::Result<()> {
+        let copy = self.dir.join(format!("{name}{QUARANTINE_SUFFIX}"));
+        let src = self.storage.open(path, false)?;
+        let len = usize::try_from(src.len()?).map_err(io::Error::other)?;
+        let mut all = vec![0u8; len];
+        let n = read_full_at(src.as_ref(), &mut all, 0)?;
+        all.truncate(n);
+        let dst = match self.storage.create_new(&copy) {
+            Ok(f) => f,
+            // An earlier purge kept a copy: the damaged bytes are in it already.
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        dst.write_all_at(&all, 0)?;
+        // Sync the copy and its directory entry before the original is replaced.
+        dst.sync()?;
+        self.storage.sync_dir(&self.dir)
     }
 }
 

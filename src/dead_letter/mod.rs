@@ -25,6 +25,7 @@ use std::future::Future;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::SystemTime;
 
@@ -33,7 +34,8 @@ use serde::de::DeserializeOwned;
 
 use crate::codec::{BINCODE_CODEC_ID, BincodeCodec, Codec, CodecError, RAW_CODEC_ID};
 use crate::error::SinkError;
-use crate::wal::format::LOCK_FILE;
+use crate::wal::format::{CURSOR_FILE, LOCK_FILE, RegisterKind, SEQ_LEASE_FILE};
+use crate::wal::register::{Register, RegisterOpen};
 use crate::wal::storage::{LockError, LockGuard, RealStorage, Storage};
 
 pub use entry::DeadLetterReason;
@@ -66,7 +68,12 @@ pub struct DeadLetter {
 }
 
 impl DeadLetter {
-    fn new(meta: EntryMeta, payload: Vec<u8>, codec_id: u32) -> Self {
+    fn new(e: StoredEntry) -> Self {
+        let StoredEntry {
+            meta,
+            payload,
+            codec_id,
+        } = e;
         Self {
             seq: meta.seq,
             reason: meta.reason,
@@ -191,9 +198,16 @@ pub enum DeadLetterError {
     /// Reading or writing the store (or the WAL) failed.
     #[error("dead-letter store I/O failed: {0}")]
     Io(#[source] Arc<io::Error>),
-    /// Appending to the WAL during a redrive failed.
-    #[error("redrive failed: {0}")]
-    Sink(#[source] SinkError),
+    /// Appending to the WAL during a redrive failed. The dead letters in `redriven`
+    /// (original seq, new seq) were appended and left the store before the failure.
+    #[error("redrive failed after {} dead letters were redriven: {source}", redriven.len())]
+    Sink {
+        /// What was redriven before the failure.
+        redriven: Vec<(u64, u64)>,
+        /// The WAL's error.
+        #[source]
+        source: SinkError,
+    },
 }
 
 impl From<io::Error> for DeadLetterError {
@@ -230,9 +244,12 @@ struct StoreInner {
     storage: Arc<dyn Storage>,
     wal_dir: PathBuf,
     max_bytes: u64,
-    codec_id: u32,
     state: Mutex<State>,
     appender: Option<Weak<dyn WalAppend>>,
+    /// A running sink's durable WAL cursor, published by its delivery task: only dead
+    /// letters at or below it may leave the store (above it, a crash could replay the
+    /// record and store it again).
+    durable_cursor: AtomicU64,
 }
 
 impl fmt::Debug for StoreInner {
@@ -266,7 +283,6 @@ impl DeadLetterStore {
     pub(crate) fn online(
         storage: Arc<dyn Storage>,
         wal_dir: PathBuf,
-        codec_id: u32,
         files: StoreFiles,
         lock: Arc<dyn LockGuard>,
         appender: Weak<dyn WalAppend>,
@@ -276,12 +292,12 @@ impl DeadLetterStore {
                 storage,
                 wal_dir,
                 max_bytes: u64::MAX,
-                codec_id,
                 state: Mutex::new(State {
                     files: Some(files),
                     online: Some(Online { lock: Some(lock) }),
                 }),
                 appender: Some(appender),
+                durable_cursor: AtomicU64::new(0),
             }),
         }
     }
@@ -326,12 +342,12 @@ impl DeadLetterStore {
                 storage,
                 wal_dir: dir,
                 max_bytes: u64::MAX,
-                codec_id: 0,
                 state: Mutex::new(State {
                     files: None,
                     online: None,
                 }),
                 appender: None,
+                durable_cursor: AtomicU64::new(0),
             }),
         })
     }
@@ -339,14 +355,17 @@ impl DeadLetterStore {
     /// Runs `f` on the store's files: the running sink's, or a fresh read-only scan.
     async fn read<R: Send + 'static>(
         &self,
-        f: impl FnOnce(&StoreFiles, u32) -> io::Result<R> + Send + 'static,
+        f: impl FnOnce(&StoreFiles) -> io::Result<R> + Send + 'static,
     ) -> Result<R, DeadLetterError> {
         let inner = Arc::clone(&self.inner);
         blocking(move || {
             let st = inner.state.lock().unwrap_or_else(PoisonError::into_inner);
+            // The running sink's index; once it has ended, the files may change under
+            // an offline tool, so read them afresh.
+            let live = st.online.as_ref().is_some_and(|o| o.lock.is_some());
             match &st.files {
-                Some(files) => f(files, inner.codec_id),
-                None => {
+                Some(files) if live => f(files),
+                _ => {
                     drop(st);
                     let files = StoreFiles::open(
                         Arc::clone(&inner.storage),
@@ -355,8 +374,7 @@ impl DeadLetterStore {
                         inner.max_bytes,
                         false,
                     )?;
-                    let codec_id = files.codec_id().unwrap_or(0);
-                    f(&files, codec_id)
+                    f(&files)
                 }
             }
         })
@@ -370,7 +388,7 @@ impl DeadLetterStore {
     ///
     /// [`DeadLetterError::Io`] if the store cannot be read.
     pub async fn count(&self) -> Result<u64, DeadLetterError> {
-        self.read(|files, _| Ok(files.count())).await
+        self.read(|files| Ok(files.count())).await
     }
 
     /// Up to `limit` dead letters with a seq at or above `from_seq`, in seq order.
@@ -383,11 +401,11 @@ impl DeadLetterStore {
         from_seq: u64,
         limit: usize,
     ) -> Result<Vec<DeadLetter>, DeadLetterError> {
-        self.read(move |files, codec_id| {
+        self.read(move |files| {
             let mut out = Vec::new();
             for seq in files.seqs(from_seq, limit) {
                 if let Some(e) = files.get(seq)? {
-                    out.push(DeadLetter::new(e.meta, e.payload, codec_id));
+                    out.push(DeadLetter::new(e));
                 }
             }
             Ok(out)
@@ -401,15 +419,17 @@ impl DeadLetterStore {
     ///
     /// [`DeadLetterError::Io`] if the store cannot be read.
     pub async fn get(&self, seq: u64) -> Result<Option<DeadLetter>, DeadLetterError> {
-        self.read(move |files, codec_id| {
-            Ok(files
-                .get(seq)?
-                .map(|e| DeadLetter::new(e.meta, e.payload, codec_id)))
-        })
-        .await
+        self.read(move |files| Ok(files.get(seq)?.map(DeadLetter::new)))
+            .await
     }
 
     /// Removes the selected dead letters for good; returns how many were removed.
+    ///
+    /// Only dead letters whose record the sink's durable cursor has passed are removed
+    /// (a running sink makes its cursor durable right after storing a dead letter, so
+    /// this is every one but those stored in the last moments; offline, after a crash,
+    /// those whose record the next run will deliver again): removing one above it
+    /// could see it stored again after a crash. They stay; run the sink, then retry.
     ///
     /// # Errors
     ///
@@ -419,12 +439,12 @@ impl DeadLetterStore {
     pub async fn purge(&self, which: Selection) -> Result<u64, DeadLetterError> {
         let inner = Arc::clone(&self.inner);
         blocking(move || {
-            inner.with_writable(|files| {
+            inner.with_writable(|files, through| {
                 let seqs = match &which {
                     Selection::All => None,
                     Selection::Seqs(s) => Some(s.as_slice()),
                 };
-                Ok(files.purge(seqs)?)
+                Ok(files.purge(seqs, through)?)
             })
         })
         .await?
@@ -447,6 +467,12 @@ impl DeadLetterStore {
             Some(appender) => redrive::online(&self.inner, appender, which).await,
             None => redrive::offline(&self.inner, which).await,
         }
+    }
+
+    /// Publishes the running sink's durable cursor (the delivery task, after it made
+    /// the cursor durable).
+    pub(crate) fn set_durable_cursor(&self, seq: u64) {
+        self.inner.durable_cursor.fetch_max(seq, Ordering::AcqRel);
     }
 
     /// Releases a running sink's lock (the delivery task calls this as it ends); from
@@ -483,24 +509,27 @@ impl StoreInner {
         }
     }
 
-    /// Runs `f` on writable files: the running sink's (while it holds the lock), or,
-    /// offline, the directory's, with its lock taken for the call.
+    /// Runs `f` on writable files and the durable cursor: the running sink's (while
+    /// it holds the lock), or, offline, the directory's, with its lock taken for the
+    /// call.
     fn with_writable<R>(
         &self,
-        f: impl FnOnce(&mut StoreFiles) -> Result<R, DeadLetterError>,
+        f: impl FnOnce(&mut StoreFiles, u64) -> Result<R, DeadLetterError>,
     ) -> Result<R, DeadLetterError> {
         let mut st = self.state.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(online) = &st.online {
             if online.lock.is_none() {
                 return Err(DeadLetterError::Closed);
             }
+            let through = self.durable_cursor.load(Ordering::Acquire);
             return match st.files.as_mut() {
-                Some(files) => f(files),
+                Some(files) => f(files, through),
                 None => Err(DeadLetterError::Closed),
             };
         }
         drop(st);
         let _lock = self.lock_offline()?;
+        let through = durable_cursor_offline(self.storage.as_ref(), &self.wal_dir)?;
         let mut files = StoreFiles::open(
             Arc::clone(&self.storage),
             &self.wal_dir,
@@ -508,7 +537,7 @@ impl StoreInner {
             self.max_bytes,
             true,
         )?;
-        f(&mut files)
+        f(&mut files, through)
     }
 
     /// Takes the WAL directory's lock for an offline change.
@@ -521,6 +550,21 @@ impl StoreInner {
             Err(LockError::Io(e)) => Err(e.into()),
         }
     }
+}
+
+/// The WAL cursor of a directory whose lock the caller holds, made durable (as the next
+/// open would), and bounded by the seq lease (a cursor at or above it is damage, and
+/// the next open replays from below it).
+fn durable_cursor_offline(storage: &dyn Storage, wal_dir: &Path) -> io::Result<u64> {
+    let open = |name, kind| -> io::Result<Option<u64>> {
+        Ok(match Register::open(storage, &wal_dir.join(name), kind)? {
+            RegisterOpen::Loaded(r) => Some(r.durable_value()),
+            _ => None,
+        })
+    };
+    let cursor = open(CURSOR_FILE, RegisterKind::Cursor)?.unwrap_or(0);
+    let lease = open(SEQ_LEASE_FILE, RegisterKind::SeqLease)?;
+    Ok(lease.map_or(cursor, |l| cursor.min(l.saturating_sub(1))))
 }
 
 /// Runs blocking file work on tokio's blocking pool.

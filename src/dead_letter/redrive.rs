@@ -5,6 +5,11 @@
 //! until it is durable there, then purge the chunk from the store. A crash before the
 //! purge leaves the record in both (the drain may see it twice); nothing is removed
 //! from the store before its copy in the WAL is durable.
+//!
+//! The selection is fixed when the redrive starts: at most the seqs held then, and
+//! only those the durable cursor has passed (see `purge`). A redriven record the drain
+//! rejects again becomes a new dead letter under its new seq, which this redrive does
+//! not take again.
 
 use std::sync::{Arc, Weak};
 
@@ -24,38 +29,53 @@ const CHUNK_ENTRIES: usize = 256;
 /// Segment size for an offline redrive's new segments (the sink's default).
 const OFFLINE_SEGMENT_BYTES: u64 = 64 << 20;
 
-/// The next chunk of selected seqs above `after`.
-fn next_chunk(files: &StoreFiles, which: &Selection, after: Option<u64>) -> Vec<u64> {
-    let from = after.map_or(0, |a| a.saturating_add(1));
-    match which {
-        Selection::All => files.seqs(from, CHUNK_ENTRIES),
-        Selection::Seqs(s) => {
-            let mut s: Vec<u64> = s
-                .iter()
-                .copied()
-                .filter(|&q| q >= from && after.is_none_or(|a| q > a) && files.contains(q))
-                .collect();
-            s.sort_unstable();
-            s.dedup();
-            s.truncate(CHUNK_ENTRIES);
-            s
-        }
-    }
+/// What a redrive takes: the selection, bounded when it starts.
+#[derive(Debug, Clone)]
+struct Plan {
+    which: Selection,
+    /// No seq above this is taken (the highest held at the start, capped by the
+    /// durable cursor).
+    upper: u64,
 }
 
-/// Reads the next chunk: `(seq, payload)` in seq order.
-fn read_chunk(
-    files: &StoreFiles,
-    which: &Selection,
-    after: Option<u64>,
-) -> std::io::Result<Vec<(u64, Vec<u8>)>> {
-    let mut out = Vec::new();
-    for seq in next_chunk(files, which, after) {
-        if let Some(e) = files.get(seq)? {
-            out.push((seq, e.payload));
-        }
+impl Plan {
+    fn new(which: Selection, files: &StoreFiles, through: u64) -> Self {
+        let upper = files.last_seq().unwrap_or(0).min(through);
+        let which = match which {
+            Selection::All => Selection::All,
+            Selection::Seqs(mut s) => {
+                s.sort_unstable();
+                s.dedup();
+                Selection::Seqs(s)
+            }
+        };
+        Self { which, upper }
     }
-    Ok(out)
+
+    /// The next chunk of selected seqs above `after`: `(seq, payload)` in seq order.
+    fn read_chunk(
+        &self,
+        files: &StoreFiles,
+        after: Option<u64>,
+    ) -> std::io::Result<Vec<(u64, Vec<u8>)>> {
+        let from = after.map_or(0, |a| a.saturating_add(1));
+        let seqs: Vec<u64> = match &self.which {
+            Selection::All => files.seqs(from, CHUNK_ENTRIES),
+            Selection::Seqs(s) => s
+                .iter()
+                .copied()
+                .filter(|&q| q >= from && files.contains(q))
+                .take(CHUNK_ENTRIES)
+                .collect(),
+        };
+        let mut out = Vec::new();
+        for seq in seqs.into_iter().filter(|&s| s <= self.upper) {
+            if let Some(e) = files.get(seq)? {
+                out.push((seq, e.payload));
+            }
+        }
+        Ok(out)
+    }
 }
 
 /// Through a running sink.
@@ -64,13 +84,18 @@ pub(super) async fn online(
     appender: &Weak<dyn WalAppend>,
     which: Selection,
 ) -> Result<Vec<(u64, u64)>, DeadLetterError> {
+    let store = Arc::clone(inner);
+    let plan = blocking(move || {
+        store.with_writable(|files, through| Ok(Plan::new(which, files, through)))
+    })
+    .await??;
     let mut done = Vec::new();
     let mut after = None;
     loop {
         let store = Arc::clone(inner);
-        let w = which.clone();
+        let p = plan.clone();
         let chunk =
-            blocking(move || store.with_writable(|files| Ok(read_chunk(files, &w, after)?)))
+            blocking(move || store.with_writable(|files, _| Ok(p.read_chunk(files, after)?)))
                 .await??;
         let Some(&(last, _)) = chunk.last() else {
             return Ok(done);
@@ -89,15 +114,20 @@ pub(super) async fn online(
             }
         }
         drop(app);
-        purge_appended(inner, &appended).await?;
+        let purged = purge_appended(inner, &appended).await;
         done.extend(appended);
-        if let Some(e) = failure {
-            return Err(DeadLetterError::Sink(e));
+        purged?;
+        if let Some(source) = failure {
+            return Err(DeadLetterError::Sink {
+                redriven: done,
+                source,
+            });
         }
     }
 }
 
-/// Removes from the store what is now durable in the WAL.
+/// Removes from the store what is now durable in the WAL (all at or below the durable
+/// cursor, as the plan chose them).
 async fn purge_appended(
     inner: &Arc<StoreInner>,
     appended: &[(u64, u64)],
@@ -108,7 +138,8 @@ async fn purge_appended(
     crate::crashpoint::hit("dead_letter.redrive.before_purge");
     let seqs: Vec<u64> = appended.iter().map(|&(s, _)| s).collect();
     let store = Arc::clone(inner);
-    blocking(move || store.with_writable(|files| Ok(files.purge(Some(&seqs))?))).await??;
+    blocking(move || store.with_writable(|files, through| Ok(files.purge(Some(&seqs), through)?)))
+        .await??;
     Ok(())
 }
 
@@ -139,16 +170,22 @@ pub(super) async fn offline(
         let wal =
             Wal::open(Arc::clone(&storage), cfg, Metrics::new(None)).map_err(|e| match e {
                 OpenError::Locked { dir } => DeadLetterError::Locked { dir },
-                e => DeadLetterError::Io(Arc::new(std::io::Error::other(e.to_string()))),
+                e => DeadLetterError::NotAWalDirectory {
+                    dir: dir.clone(),
+                    why: e.to_string(),
+                },
             })?;
-        // The WAL's lock is held (by its writer and cursor) from here on.
+        // The WAL's lock is held (by its writer and cursor) from here on; recovery
+        // made the cursor durable.
         let files = StoreFiles::open(storage, &dir, codec_id, u64::MAX, true)?;
-        Ok(Some((wal, files)))
+        let plan = Plan::new(which, &files, wal.cursor.durable());
+        Ok(Some((wal, files, plan)))
     })
     .await??;
-    let Some((wal, mut files)) = opened else {
+    let Some((wal, mut files, plan)) = opened else {
         return Ok(Vec::new());
     };
+    let through = wal.cursor.durable();
     let Wal {
         writer,
         reader,
@@ -165,9 +202,9 @@ pub(super) async fn offline(
     let mut after = None;
     let mut failure = None;
     loop {
-        let w = which.clone();
+        let p = plan.clone();
         let (f, read) = blocking(move || {
-            let read = read_chunk(&files, &w, after);
+            let read = p.read_chunk(&files, after);
             (files, read)
         })
         .await?;
@@ -193,14 +230,15 @@ pub(super) async fn offline(
             replies.push((seq, wait));
         }
         let mut appended = Vec::with_capacity(replies.len());
+        let mut sink_error = None;
         for (seq, wait) in replies {
             match wait.await {
                 Ok(Ok(new)) => appended.push((seq, new)),
                 Ok(Err(e)) => {
-                    failure.get_or_insert(DeadLetterError::Sink(e));
+                    sink_error.get_or_insert(e);
                 }
                 Err(_) => {
-                    failure.get_or_insert(DeadLetterError::Sink(SinkError::Closed));
+                    sink_error.get_or_insert(SinkError::Closed);
                 }
             }
         }
@@ -208,17 +246,22 @@ pub(super) async fn offline(
             crate::crashpoint::hit("dead_letter.redrive.before_purge");
             let seqs: Vec<u64> = appended.iter().map(|&(s, _)| s).collect();
             let (f, purged) = blocking(move || {
-                let purged = files.purge(Some(&seqs));
+                let purged = files.purge(Some(&seqs), through);
                 (files, purged)
             })
             .await?;
             files = f;
-            if let Err(e) = purged {
-                failure.get_or_insert(e.into());
-            }
             done.extend(appended);
+            if let Err(e) = purged {
+                failure = Some(e.into());
+                break;
+            }
         }
-        if failure.is_some() {
+        if let Some(source) = sink_error {
+            failure = Some(DeadLetterError::Sink {
+                redriven: std::mem::take(&mut done),
+                source,
+            });
             break;
         }
     }

@@ -56,6 +56,11 @@ impl Cursor {
         self.register.value()
     }
 
+    /// Seq through which the acknowledgement is durable (survives a power loss).
+    pub(crate) fn durable(&self) -> u64 {
+        self.register.durable_value()
+    }
+
     /// Records that everything through `acked_through` is acknowledged, and deletes the
     /// segments that lie wholly at or below it.
     pub(crate) fn advance(&mut self, acked_through: u64) -> io::Result<()> {

@@ -131,7 +131,7 @@ fn files_roll_and_purge_rewrites_them_crash_safely() {
     let small: Vec<u64> = seqs.iter().copied().filter(|s| s % 3 != 0).collect();
     // Purge the large ones; the rest keep their bytes.
     let big_seqs: Vec<u64> = seqs.iter().copied().filter(|s| s % 3 == 0).collect();
-    assert_eq!(store.purge(Some(&big_seqs)).expect("purge"), 4);
+    assert_eq!(store.purge(Some(&big_seqs), u64::MAX).expect("purge"), 4);
     check(&store, &small);
     disk.crash(Crash::PowerLoss {
         tear: true,
@@ -143,7 +143,7 @@ fn files_roll_and_purge_rewrites_them_crash_safely() {
     store.append(&meta(40), &payload(40)).expect("append");
     assert_eq!(store.count(), small.len() as u64 + 1);
     assert_eq!(
-        store.purge(None).expect("purge all"),
+        store.purge(None, u64::MAX).expect("purge all"),
         small.len() as u64 + 1
     );
     assert_eq!(store.count(), 0);
@@ -165,7 +165,7 @@ fn a_crash_at_any_sync_of_a_purge_leaves_each_entry_whole() {
             store.append(&meta(s), &payload(s)).expect("append");
         }
         disk.fail_sync_after(Some(fail_at));
-        let _ = store.purge(Some(&[2, 4]));
+        let _ = store.purge(Some(&[2, 4]), u64::MAX);
         disk.fail_sync_after(None);
         disk.crash(Crash::PowerLoss {
             tear: true,
@@ -211,4 +211,105 @@ fn damage_is_counted_and_skipped_and_a_read_only_open_changes_nothing() {
     let empty = SimDisk::new(1);
     empty.storage().create_dir(Path::new(WAL)).expect("dir");
     assert_eq!(open(&empty, false).count(), 0);
+}
+
+#[test]
+fn a_create_torn_before_its_header_is_removed_and_a_garbage_file_is_kept_below_new_ones() {
+    let disk = disk();
+    let mut store = open(&disk, true);
+    store.append(&meta(1), &payload(1)).expect("append");
+    let dl = Path::new(WAL).join(DEAD_LETTER_DIR);
+    let st = disk.storage();
+    // A torn create: an empty file named above the others.
+    st.create_new(&dl.join(crate::wal::format::segment_file_name(50)))
+        .expect("create");
+    let mut store = open(&disk, true);
+    assert_eq!(store.damaged(), 0, "removed, not damage");
+    store
+        .append(&meta(2), &payload(2))
+        .expect("append after a torn create");
+    // A garbage file with a store name, the last one: kept, counted, never written.
+    let garbage = dl.join(crate::wal::format::segment_file_name(900));
+    st.create_new(&garbage)
+        .expect("create")
+        .write_all_at(&[0xab; 100], 0)
+        .expect("write");
+    let mut store = open(&disk, true);
+    assert_eq!(store.damaged(), 1);
+    store
+        .append(&meta(3), &payload(3))
+        .expect("append beside garbage");
+    disk.crash(Crash::PowerLoss {
+        tear: true,
+        flip: true,
+    });
+    let store = open(&disk, true);
+    check(&store, &[1, 2, 3]);
+    assert_eq!(disk.read_live(&garbage).expect("kept"), vec![0xab; 100]);
+}
+
+#[test]
+fn an_append_a_crashed_process_left_unsynced_is_made_durable_before_it_is_trusted() {
+    let disk = disk();
+    let mut store = open(&disk, true);
+    store.append(&meta(1), &payload(1)).expect("append");
+    // The process dies between the write and the fsync of the next append: its frame
+    // is in the page cache only.
+    let file = Path::new(WAL)
+        .join(DEAD_LETTER_DIR)
+        .join(crate::wal::format::segment_file_name(1));
+    let mut entry = Vec::new();
+    encode_entry(&mut entry, &meta(2), &payload(2));
+    let mut frame = Vec::new();
+    encode_frame(&mut frame, 2, &entry);
+    let f = disk.storage().open(&file, true).expect("open");
+    f.write_all_at(&frame, store.bytes()).expect("write");
+    drop((f, store));
+    disk.crash(Crash::Process);
+    // The next run finds it in the page cache and indexes it (a replay of seq 2
+    // would then store nothing): the open must make it durable.
+    let store = open(&disk, true);
+    check(&store, &[1, 2]);
+    disk.crash(Crash::PowerLoss {
+        tear: true,
+        flip: true,
+    });
+    check(&open(&disk, true), &[1, 2]);
+}
+
+#[test]
+fn purge_keeps_what_it_cannot_decode_and_what_the_cursor_has_not_passed() {
+    let disk = disk();
+    let mut store = open(&disk, true);
+    for s in 1..=4 {
+        store.append(&meta(s), &payload(s)).expect("append");
+    }
+    // A frame whose entry this build cannot decode (a newer entry version), appended
+    // to the same file with a valid CRC.
+    let file = Path::new(WAL)
+        .join(DEAD_LETTER_DIR)
+        .join(crate::wal::format::segment_file_name(1));
+    let mut foreign = Vec::new();
+    encode_entry(&mut foreign, &meta(9), b"future");
+    foreign[0] = 2;
+    let mut frame = Vec::new();
+    encode_frame(&mut frame, 5, &foreign);
+    let f = disk.storage().open(&file, true).expect("open");
+    let len = f.len().expect("len");
+    f.write_all_at(&frame, len).expect("write");
+    f.sync().expect("sync");
+    drop(f);
+    let mut store = open(&disk, true);
+    assert_eq!(store.damaged(), 1);
+    // The cursor has passed seqs up to 2 only: 3 stays.
+    assert_eq!(store.purge(Some(&[2, 3, 2]), 2).expect("purge"), 1);
+    check(&store, &[1, 3, 4]);
+    assert_eq!(store.damaged(), 1, "the undecodable frame was kept");
+    let bytes = disk.read_live(&file).expect("read");
+    assert!(
+        bytes.windows(6).any(|w| w == b"future"),
+        "its bytes are still in the file"
+    );
+    assert_eq!(store.purge(None, 3).expect("purge all passed"), 2);
+    check(&store, &[4]);
 }
