@@ -243,6 +243,25 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         stats.retries, stats.writes
     );
     println!("   lost: {} (of {EVENTS})", lost.len());
+    // The accounting itself: dead letters are exactly the malformed orders, and an
+    // event delivered twice (under two seqs) is one A pushed after its last
+    // confirmation, which B pushed again.
+    let malformed: BTreeSet<u64> = (0..EVENTS).filter(|id| id.is_multiple_of(997)).collect();
+    if dead_ids != malformed {
+        return Err("the dead letters are not exactly the malformed orders".into());
+    }
+    let mut seen = BTreeSet::new();
+    for path in &paths {
+        for line in std::fs::read_to_string(path)?.lines() {
+            let v: serde_json::Value = serde_json::from_str(line)?;
+            let id = v["record"]["id"].as_u64().ok_or("id")?;
+            if !seen.insert(id) && id < confirmed {
+                return Err(
+                    format!("event {id}, confirmed before the kill, was delivered twice").into(),
+                );
+            }
+        }
+    }
     if !lost.is_empty() || lines != seqs.len() as u64 {
         return Err(format!(
             "lost {} events, or a seq written twice ({lines} lines, {} seqs)",

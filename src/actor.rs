@@ -204,6 +204,15 @@ impl<T: Send + 'static, D: SinkDrain<T>> Actor<T, D> {
         }
     }
 
+    /// The writer thread ended (every sink handle dropped, shutdown, or a failure):
+    /// keep its result for `finish` and begin the shutdown.
+    fn writer_ended(&mut self, res: Result<WriterExit, oneshot::error::RecvError>) {
+        self.writer_result = Some(res.unwrap_or_else(|_| {
+            WriterExit::Panicked("the writer thread ended without a result".into())
+        }));
+        self.begin_stop();
+    }
+
     fn begin_stop(&mut self) {
         if self.stop_at.is_none() {
             self.stop_at = Some(Instant::now() + self.shutdown_timeout);
@@ -279,10 +288,7 @@ impl<T: Send + 'static, D: SinkDrain<T>> Actor<T, D> {
                 biased;
                 () = self.shutdown.cancelled(), if self.stop_at.is_none() => self.begin_stop(),
                 res = &mut self.writer_exit, if self.writer_result.is_none() => {
-                    self.writer_result = Some(res.unwrap_or_else(|_| {
-                        WriterExit::Panicked("the writer thread ended without a result".into())
-                    }));
-                    self.begin_stop();
+                    self.writer_ended(res);
                 }
                 req = self.flushes.recv(), if self.flushes_open => match req {
                     Some(req) => self.waiting.push(req),
@@ -536,6 +542,17 @@ impl<T: Send + 'static, D: SinkDrain<T>> Actor<T, D> {
                         self.stop_at = Some(Instant::now() + self.shutdown_timeout);
                     }
                 }
+                // Every sink handle dropped (or the writer failed) while the drain
+                // hangs: shutdown begins here too, or `join` would wait forever.
+                // (Fields, not `writer_ended`: `fut` borrows the drain.)
+                res = &mut self.writer_exit, if self.writer_result.is_none() => {
+                    self.writer_result = Some(res.unwrap_or_else(|_| {
+                        WriterExit::Panicked("the writer thread ended without a result".into())
+                    }));
+                    if self.stop_at.is_none() {
+                        self.stop_at = Some(Instant::now() + self.shutdown_timeout);
+                    }
+                }
                 () = sleep_until_opt(self.stop_at) => return Err(Interrupted),
             }
         }
@@ -547,6 +564,9 @@ impl<T: Send + 'static, D: SinkDrain<T>> Actor<T, D> {
             tokio::select! {
                 biased;
                 () = self.shutdown.cancelled(), if self.stop_at.is_none() => self.begin_stop(),
+                res = &mut self.writer_exit, if self.writer_result.is_none() => {
+                    self.writer_ended(res);
+                }
                 () = sleep_until_opt(self.stop_at) => return Err(Interrupted),
                 () = tokio::time::sleep_until(wake) => return Ok(()),
             }

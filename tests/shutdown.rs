@@ -113,6 +113,37 @@ async fn a_stuck_drain_cannot_hold_shutdown_beyond_the_timeout()
     Ok(())
 }
 
+/// Dropping every sink handle (without cancelling) while the drain hangs begins the
+/// shutdown too: `join` returns once `shutdown_timeout` has passed. Before, the
+/// delivery task noticed the writer's end only between drain calls, and `join` waited
+/// forever. (Real time: the writer is an OS thread, which a paused clock would race;
+/// the 60 s bound only turns a hang into a failure.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropping_every_handle_while_the_drain_hangs_still_ends_within_the_timeout()
+-> Result<(), Box<dyn std::error::Error>> {
+    let tmp = tempfile::tempdir()?;
+    let mut cfg = small_config(tmp.path());
+    cfg.shutdown_timeout = Duration::from_millis(50);
+    let (entered_tx, mut entered) = tokio::sync::mpsc::unbounded_channel();
+    struct Hangs(tokio::sync::mpsc::UnboundedSender<()>);
+    impl SinkDrain<u64> for Hangs {
+        async fn write_batch(&mut self, _b: Batch<u64>) -> Result<(), DrainError> {
+            let _ = self.0.send(());
+            std::future::pending().await
+        }
+    }
+    let (sink, handle) =
+        DurableSink::<u64>::open(cfg, Hangs(entered_tx), CancellationToken::new()).await?;
+    for i in 0..10u64 {
+        sink.push(i).await?;
+    }
+    entered.recv().await.ok_or("the drain was never called")?;
+    drop(sink);
+    let report = tokio::time::timeout(Duration::from_secs(60), handle.join()).await??;
+    assert_eq!(report.left_on_disk, 10);
+    Ok(())
+}
+
 /// A panic inside the drain ends the delivery task; producers then see `Closed` and
 /// `join` reports it, nobody hangs.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -306,7 +306,7 @@ fn json_line(e: &StoredEntry) -> String {
     format!("{v}\n")
 }
 
-fn hex(b: &[u8]) -> String {
+pub(super) fn hex(b: &[u8]) -> String {
     let mut s = String::with_capacity(b.len() * 2);
     for x in b {
         let _ = write!(s, "{x:02x}");
@@ -315,7 +315,7 @@ fn hex(b: &[u8]) -> String {
 }
 
 /// `offset  16 bytes in hex  |printable|` lines.
-fn hex_dump(b: &[u8]) -> String {
+pub(super) fn hex_dump(b: &[u8]) -> String {
     let mut out = String::new();
     for (i, line) in b.chunks(16).enumerate() {
         let _ = write!(out, "{:08x} ", i * 16);
@@ -339,7 +339,7 @@ fn hex_dump(b: &[u8]) -> String {
 }
 
 /// The error text on one line (newlines and tabs escaped).
-fn one_line(s: &str) -> String {
+pub(super) fn one_line(s: &str) -> String {
     s.replace('\\', "\\\\")
         .replace('\n', "\\n")
         .replace('\t', "\\t")

@@ -14,6 +14,7 @@
 //! directory content makes the tool panic.
 
 mod dlq;
+mod wal;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -70,6 +71,50 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// What the directory holds: segments, cursor, lease, pending, dead letters, lock.
+    #[command(after_help = "Example: walsink inspect /var/lib/app/dlq-wal --json")]
+    Inspect {
+        /// The sink's directory (`SinkConfig::dir`).
+        dir: PathBuf,
+        /// One JSON object.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Check every segment header, frame and register; exit 1 if anything is damaged.
+    #[command(after_help = "Example: walsink verify /var/lib/app/dlq-wal && echo intact")]
+    Verify {
+        /// The sink's directory.
+        dir: PathBuf,
+        /// One JSON object per problem (`file`, `offset`, `kind`).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print the records in the WAL with their seq and size.
+    #[command(
+        after_help = "Example: walsink dump /var/lib/app/dlq-wal --from 1000 --limit 5 --format json"
+    )]
+    Dump {
+        /// The sink's directory.
+        dir: PathBuf,
+        /// First seq to print.
+        #[arg(long, value_name = "SEQ", default_value_t = 0)]
+        from: u64,
+        /// Most records to print.
+        #[arg(long, value_name = "N", default_value_t = 100)]
+        limit: usize,
+        /// How to print payloads.
+        #[arg(long, value_enum, default_value_t = wal::DumpFormat::Text)]
+        format: wal::DumpFormat,
+    },
+    /// Do offline what `open` does: cut a torn tail, quarantine what cannot be read.
+    #[command(after_help = "Example: walsink repair /var/lib/app/dlq-wal --dry-run")]
+    Repair {
+        /// The sink's directory.
+        dir: PathBuf,
+        /// Say what would change, change nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
     /// Dead letters: records the drain rejected permanently or that no longer decode.
     #[command(subcommand)]
     Dlq(dlq::DlqCommand),
@@ -103,6 +148,15 @@ pub fn main() -> ExitCode {
     };
     let result = rt.block_on(async {
         match cli.command {
+            Command::Inspect { dir, json } => wal::inspect(&dir, json),
+            Command::Verify { dir, json } => wal::verify(&dir, json),
+            Command::Dump {
+                dir,
+                from,
+                limit,
+                format,
+            } => wal::dump(&dir, from, limit, format),
+            Command::Repair { dir, dry_run } => wal::repair(&dir, dry_run),
             Command::Dlq(c) => dlq::run(c).await,
         }
     });

@@ -553,8 +553,9 @@ impl StoreInner {
 }
 
 /// The WAL cursor of a directory whose lock the caller holds, made durable (as the next
-/// open would), and bounded by the seq lease (a cursor at or above it is damage, and
-/// the next open replays from below it).
+/// open would), or 0 where the next open would not trust it: a cursor at or above the
+/// seq lease, or no readable lease (recovery then bounds or resets the cursor, and
+/// records below it may be delivered, and dead-lettered, again).
 fn durable_cursor_offline(storage: &dyn Storage, wal_dir: &Path) -> io::Result<u64> {
     let open = |name, kind| -> io::Result<Option<u64>> {
         Ok(match Register::open(storage, &wal_dir.join(name), kind)? {
@@ -564,7 +565,10 @@ fn durable_cursor_offline(storage: &dyn Storage, wal_dir: &Path) -> io::Result<u
     };
     let cursor = open(CURSOR_FILE, RegisterKind::Cursor)?.unwrap_or(0);
     let lease = open(SEQ_LEASE_FILE, RegisterKind::SeqLease)?;
-    Ok(lease.map_or(cursor, |l| cursor.min(l.saturating_sub(1))))
+    Ok(match lease {
+        Some(l) if cursor < l => cursor,
+        _ => 0,
+    })
 }
 
 /// Runs blocking file work on tokio's blocking pool.

@@ -4,23 +4,33 @@
 //! # Files
 //!
 //! `DIR/NNNNNNNNNNNNNNNNNNNN.jsonl` (or `.bin`), named by the seq of the first record
-//! in the file (20 digits, so names sort like seqs). One format per directory:
+//! in the file, or one above the previous file's name if that is taken (20 digits, so
+//! names sort like seqs). One format per directory:
 //! - [`FileFormat::JsonLines`]: one line per record, `{"seq":N,"record":<json>}`;
 //! - [`FileFormat::LengthPrefixed`]: per record `seq` (u64 LE), `len` (u32 LE), the
 //!   bytes, and a CRC-32 (u32 LE) of the three.
 //!
 //! # Exactly once
 //!
-//! At open the drain reads the newest file back to its last complete record: its seq
-//! is the highest the directory holds (seqs only grow). A batch skips every record at
-//! or below it, so a replay after a crash writes nothing twice. Bytes after the last
-//! complete record (a write torn by the crash, never acknowledged) are cut before
-//! anything new is written, and the cut is fsynced. A file is appended to only while it
-//! is the newest; once the drain moves to a new file (past `max_file_bytes`) the old one
-//! is never written again.
+//! At open the drain reads each file from its start to its last complete record (a
+//! record that is whole, parses, passes its CRC for the byte format, and carries a
+//! higher seq than the one before): the newest such record's seq is the highest the
+//! directory holds (seqs only grow). A batch skips every record at or below it, so a
+//! replay after a crash writes nothing twice.
+//!
+//! Nothing is ever cut or rewritten. If the newest file has bytes after its last
+//! complete record (a write torn by a crash, never acknowledged, or damage), it is
+//! closed as it is and the next batch starts a new file; a reader takes each file up to
+//! its first incomplete or invalid record. Scanning forward, not back from the end,
+//! matters after a power loss: a torn write can leave a later page on disk and an
+//! earlier one zeroed, and a record after the hole was never acknowledged.
+//!
+//! A `LOCK` file in the directory is held (`flock`) while the drain or a write it
+//! started is alive: two drains never write one directory.
 //!
 //! Every batch is written and fsynced before `write_batch` returns `Ok`; a new file's
-//! directory entry is fsynced before the first batch in it is acknowledged.
+//! directory entry is fsynced before the first batch in it is acknowledged, and the
+//! directory itself (and its parent) when the drain creates it.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
@@ -31,6 +41,10 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 
 use crate::drain::{Batch, DrainError, SinkDrain};
+use crate::wal::storage::{LockError, LockGuard, RealStorage, Storage};
+
+/// The lock file in a FileDrain's directory.
+const LOCK_FILE: &str = "LOCK";
 
 /// How a [`FileDrain`] writes records.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -84,8 +98,13 @@ impl<T> std::fmt::Debug for FileDrain<T> {
 struct State {
     /// Highest seq held in the directory (0: none).
     high_seq: u64,
-    /// The newest file, open for appends, and its length.
+    /// The newest file, open for appends, and its length; `None` if the next batch
+    /// starts a new file.
     file: Option<(File, u64)>,
+    /// Name (number) of the newest file.
+    last_name: Option<u64>,
+    /// The directory's lock, held while this state (and a write using it) lives.
+    _lock: Box<dyn LockGuard>,
 }
 
 impl<T: Serialize> FileDrain<T> {
@@ -112,8 +131,26 @@ impl<T: AsRef<[u8]>> FileDrain<T> {
 
 impl<T> FileDrain<T> {
     fn new(dir: PathBuf, format: FileFormat, encode: Encode<T>) -> io::Result<Self> {
-        std::fs::create_dir_all(&dir)?;
-        let state = State::open(&dir, format)?;
+        if !dir.is_dir() {
+            std::fs::create_dir_all(&dir)?;
+            // The new directory's entry, and the directory itself, durable before a
+            // record in it is acknowledged.
+            if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+                File::open(parent)?.sync_all()?;
+            }
+            File::open(&dir)?.sync_all()?;
+        }
+        let lock = match RealStorage.try_lock(&dir.join(LOCK_FILE)) {
+            Ok(l) => l,
+            Err(LockError::Held) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::WouldBlock,
+                    format!("{} is in use by another FileDrain", dir.display()),
+                ));
+            }
+            Err(LockError::Io(e)) => return Err(e),
+        };
+        let state = State::open(&dir, format, lock)?;
         Ok(Self {
             dir,
             format,
@@ -151,8 +188,17 @@ impl<T> FileDrain<T> {
 }
 
 fn encode_json<T: Serialize>(record: &T, seq: u64, out: &mut Vec<u8>) -> io::Result<()> {
+    let start = out.len();
     write!(out, "{{\"seq\":{seq},\"record\":")?;
     serde_json::to_writer(&mut *out, record).map_err(io::Error::other)?;
+    if out[start..].contains(&b'\n') {
+        // Only raw JSON values can carry one; it would end the line early.
+        out.truncate(start);
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("record {seq} serializes with a newline"),
+        ));
+    }
     out.extend_from_slice(b"}\n");
     Ok(())
 }
@@ -194,82 +240,90 @@ fn files(dir: &Path, format: FileFormat) -> io::Result<Vec<(u64, PathBuf)>> {
     Ok(out)
 }
 
-/// The last complete record of `bytes`: its seq and the offset just past it.
-fn last_complete(bytes: &[u8], format: FileFormat) -> Option<(u64, usize)> {
+/// The complete records at the start of `bytes`: the last one's seq and the offset
+/// just past it (see the module doc: each whole, valid, with a higher seq than the one
+/// before). Stops at the first record that is not.
+fn valid_prefix(bytes: &[u8], format: FileFormat) -> (Option<u64>, usize) {
+    let mut at = 0usize;
+    let mut last: Option<u64> = None;
+    let higher = |seq: u64, last: Option<u64>| last.is_none_or(|l| seq > l);
     match format {
         FileFormat::JsonLines => {
-            let mut end = bytes.iter().rposition(|&b| b == b'\n')? + 1;
-            // Back over lines that do not parse (damage), to the last one that does.
-            loop {
-                let line_start = bytes[..end - 1]
-                    .iter()
-                    .rposition(|&b| b == b'\n')
-                    .map_or(0, |p| p + 1);
-                let seq = serde_json::from_slice::<serde_json::Value>(&bytes[line_start..end - 1])
+            while let Some(nl) = bytes
+                .get(at..)
+                .and_then(|b| b.iter().position(|&c| c == b'\n'))
+            {
+                let line = &bytes[at..at + nl];
+                let seq = serde_json::from_slice::<serde_json::Value>(line)
                     .ok()
                     .and_then(|v| v.get("seq").and_then(serde_json::Value::as_u64));
-                if let Some(seq) = seq {
-                    return Some((seq, end));
+                match seq {
+                    Some(seq) if higher(seq, last) => {
+                        last = Some(seq);
+                        at += nl + 1;
+                    }
+                    _ => break,
                 }
-                if line_start == 0 {
-                    return None;
-                }
-                end = line_start;
             }
         }
         FileFormat::LengthPrefixed => {
-            let mut at = 0usize;
-            let mut last = None;
             while let Some(head) = bytes.get(at..at + 12) {
-                let seq = u64::from_le_bytes(head[..8].try_into().ok()?);
-                let len = u32::from_le_bytes(head[8..12].try_into().ok()?) as usize;
+                let mut seq_b = [0u8; 8];
+                seq_b.copy_from_slice(&head[..8]);
+                let mut len_b = [0u8; 4];
+                len_b.copy_from_slice(&head[8..12]);
+                let seq = u64::from_le_bytes(seq_b);
+                let len = u32::from_le_bytes(len_b) as usize;
                 let Some(end) = at.checked_add(len + RAW_OVERHEAD) else {
                     break;
                 };
                 let Some(rec) = bytes.get(at..end) else { break };
                 let (body, crc) = rec.split_at(rec.len() - 4);
-                if crc32fast::hash(body).to_le_bytes() != crc {
+                if crc32fast::hash(body).to_le_bytes() != crc || !higher(seq, last) {
                     break;
                 }
-                last = Some((seq, end));
+                last = Some(seq);
                 at = end;
             }
-            last
         }
     }
+    (last, at)
 }
 
 impl State {
-    /// Reads the directory back: the highest seq, and the newest file with any torn
-    /// tail cut (and the cut fsynced).
-    fn open(dir: &Path, format: FileFormat) -> io::Result<Self> {
+    /// Reads the directory back (see the module doc): the highest seq, and the newest
+    /// file if the next batch may be appended to it.
+    fn open(dir: &Path, format: FileFormat, lock: Box<dyn LockGuard>) -> io::Result<Self> {
         let all = files(dir, format)?;
         let mut high_seq = 0;
         let mut file = None;
         for (i, (_, path)) in all.iter().enumerate().rev() {
             let bytes = std::fs::read(path)?;
-            let found = last_complete(&bytes, format);
+            let (last, end) = valid_prefix(&bytes, format);
             if i + 1 == all.len() {
-                let keep = found.map_or(0, |(_, end)| end) as u64;
-                let f = OpenOptions::new().read(true).write(true).open(path)?;
-                if keep < bytes.len() as u64 {
-                    // Never acknowledged (a write torn by a crash): cut it, durably,
-                    // so new records do not follow garbage.
-                    f.set_len(keep)?;
-                    f.sync_all()?;
+                if end == bytes.len() {
+                    let f = OpenOptions::new().read(true).write(true).open(path)?;
+                    file = Some((f, end as u64));
+                } else {
+                    tracing::warn!(file = %path.display(), valid_bytes = end, bytes = bytes.len(), "bytes after the last complete record (a torn write or damage): the file is kept as it is and the next batch starts a new one");
                 }
-                file = Some((f, keep));
             }
-            if let Some((seq, _)) = found {
+            if let Some(seq) = last {
                 high_seq = seq;
                 break;
             }
         }
-        Ok(Self { high_seq, file })
+        let last_name = all.last().map(|(n, _)| *n);
+        Ok(Self {
+            high_seq,
+            file,
+            last_name,
+            _lock: lock,
+        })
     }
 
-    /// Writes the encoded records (first seq `first`, last `last`) and fsyncs; rotates
-    /// first if the newest file is full.
+    /// Writes the encoded records (first seq `first`, last `last`) and fsyncs; starts a
+    /// new file first if there is none to append to or the newest is full.
     fn write(
         &mut self,
         dir: &Path,
@@ -284,7 +338,12 @@ impl State {
             .as_ref()
             .is_none_or(|(_, len)| *len >= max_file_bytes)
         {
-            let path = dir.join(file_name(first, format));
+            // Named by the first seq, above every existing name (a file closed with
+            // a torn tail may hold that name already).
+            let name = self
+                .last_name
+                .map_or(first, |n| first.max(n.saturating_add(1)));
+            let path = dir.join(file_name(name, format));
             let f = OpenOptions::new()
                 .read(true)
                 .write(true)
@@ -292,7 +351,12 @@ impl State {
                 .open(&path)?;
             // The new file's directory entry must be durable before a record in it is
             // acknowledged: a power loss could otherwise drop the whole file.
-            File::open(dir)?.sync_all()?;
+            if let Err(e) = File::open(dir).and_then(|d| d.sync_all()) {
+                // Empty: remove it so the retry can create it again.
+                let _ = std::fs::remove_file(&path);
+                return Err(e);
+            }
+            self.last_name = Some(name);
             self.file = Some((f, 0));
         }
         let Some((f, len)) = self.file.as_mut() else {
@@ -319,10 +383,11 @@ impl<T: Send + 'static> SinkDrain<T> for FileDrain<T> {
         let high = self.high_seq();
         let mut buf = Vec::new();
         let (mut first, mut last) = (None, 0);
+        let mut skipped = 0;
         for (seq, record) in batch.iter() {
             if seq <= high {
                 // Already in the directory: a replay after a crash.
-                self.skipped += 1;
+                skipped += 1;
                 continue;
             }
             (self.encode)(record, seq, &mut buf).map_err(DrainError::permanent)?;
@@ -330,6 +395,7 @@ impl<T: Send + 'static> SinkDrain<T> for FileDrain<T> {
             last = seq;
         }
         let Some(first) = first else {
+            self.skipped += skipped;
             return Ok(());
         };
         let (dir, format, max) = (self.dir.clone(), self.format, self.max_file_bytes);
@@ -337,10 +403,21 @@ impl<T: Send + 'static> SinkDrain<T> for FileDrain<T> {
         let (state, res) = tokio::task::spawn_blocking(move || {
             let mut state = match state {
                 Some(s) => s,
-                None => match State::open(&dir, format) {
-                    Ok(s) => s,
-                    Err(e) => return (None, Err(e)),
-                },
+                None => {
+                    // A write task that panicked took the state (and the lock) with
+                    // it: take the lock again and read the directory back.
+                    let reopened = match RealStorage.try_lock(&dir.join(LOCK_FILE)) {
+                        Ok(lock) => State::open(&dir, format, lock),
+                        Err(LockError::Held) => {
+                            Err(io::Error::other("FileDrain directory still locked"))
+                        }
+                        Err(LockError::Io(e)) => Err(e),
+                    };
+                    match reopened {
+                        Ok(s) => s,
+                        Err(e) => return (None, Err(e)),
+                    }
+                }
             };
             match state.write(&dir, format, max, &buf, first, last) {
                 Ok(()) => (Some(state), Ok(())),
@@ -352,16 +429,13 @@ impl<T: Send + 'static> SinkDrain<T> for FileDrain<T> {
         .await
         .map_err(DrainError::retryable)?;
         self.state = state;
-        res.map_err(DrainError::retryable)
+        res.map_err(DrainError::retryable)?;
+        self.skipped += skipped;
+        Ok(())
     }
 
     async fn close(&mut self) -> Result<(), DrainError> {
-        if let Some(State {
-            file: Some((f, _)), ..
-        }) = &mut self.state
-        {
-            f.flush().map_err(DrainError::retryable)?;
-        }
+        // Every batch was fsynced before it was acknowledged: nothing is left to do.
         Ok(())
     }
 }

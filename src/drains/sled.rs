@@ -2,13 +2,13 @@
 //! database, keyed by their seq in big-endian (so keys sort like seqs), values
 //! encoded with the default codec ([`BincodeCodec`](crate::BincodeCodec)).
 //!
-//! A batch is applied as one sled batch and `flush_async` completes before
-//! `write_batch` acknowledges it. A replay after a crash writes the same keys again
+//! A batch is applied as one sled batch and `flush` completes before `write_batch`
+//! acknowledges it (both on tokio's blocking pool). A replay after a crash writes the same keys again
 //! with the same values: the tree holds each record once.
 //!
 //! sled 0.34 is the last release of a project that has not shipped since 2021, and its
 //! tracker has reports of corruption after abrupt stops; walsink tests this drain under
-//! `kill -9` (`tests/sled_kill.rs`) and keeps the feature off by default. The README
+//! `kill -9` (`tests/drain_kill.rs`) and keeps the feature off by default. The README
 //! says what was measured.
 
 use std::marker::PhantomData;
@@ -95,14 +95,26 @@ impl<T: Serialize + DeserializeOwned + Send + 'static> SinkDrain<T> for SledDrai
             Codec::<T>::encode(&BincodeCodec, record, &mut buf).map_err(DrainError::permanent)?;
             b.insert(&seq.to_be_bytes(), buf.as_slice());
         }
-        self.tree.apply_batch(b).map_err(DrainError::retryable)?;
-        // Durable before acknowledged.
-        self.db.flush_async().await.map_err(DrainError::retryable)?;
+        let (tree, db) = (self.tree.clone(), self.db.clone());
+        // Blocking calls on the blocking pool; `flush` rather than `flush_async`,
+        // which is reported to deadlock when flushes run concurrently (sled #1308).
+        tokio::task::spawn_blocking(move || {
+            tree.apply_batch(b)?;
+            // Durable before acknowledged.
+            db.flush()
+        })
+        .await
+        .map_err(DrainError::retryable)?
+        .map_err(DrainError::retryable)?;
         Ok(())
     }
 
     async fn close(&mut self) -> Result<(), DrainError> {
-        self.db.flush_async().await.map_err(DrainError::retryable)?;
+        let db = self.db.clone();
+        tokio::task::spawn_blocking(move || db.flush())
+            .await
+            .map_err(DrainError::retryable)?
+            .map_err(DrainError::retryable)?;
         Ok(())
     }
 }

@@ -115,6 +115,11 @@ impl WalView {
         })
     }
 
+    /// The directory.
+    pub(crate) fn dir(&self) -> &Path {
+        &self.dir
+    }
+
     /// A scanner over the frames of `segment` (read-only), bounded by the seq that
     /// starts the next segment. `None` if its header is not valid. `NotFound` if it was
     /// deleted since the listing.
