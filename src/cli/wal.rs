@@ -531,7 +531,25 @@ pub(super) fn repair(dir: &Path, dry_run: bool) -> Result<Exit, Failure> {
         "repaired: {changes} changes; {} segments, acked seq {}, {} records to deliver",
         r.segments, r.acked_seq, r.replay_records
     );
+    drop(rec);
+    report_damaged_frames(&dir)?;
     Ok(Exit::Done)
+}
+
+/// Says how many damaged frames stay in readable segments: open does not rewrite
+/// them (delivery skips and counts them), and they go with their segment once the
+/// cursor passes it.
+fn report_damaged_frames(dir: &Path) -> Result<(), Failure> {
+    let (_, view) = open_view(dir)?;
+    let acked = register_value(&view.cursor).unwrap_or(0);
+    let (stats, _) = walk(&view, false, acked, |_, _| true, |_| {})?;
+    let damaged: u64 = stats.iter().map(|s| s.damaged_frames).sum();
+    if damaged > 0 {
+        println!(
+            "{damaged} damaged frames stay in place: delivery skips them (counted in corrupt_records_total), and they go with their segment once the cursor passes it"
+        );
+    }
+    Ok(())
 }
 
 /// Whether the file at `path` holds only zeros from `from` on (read in bounded chunks).
@@ -614,5 +632,6 @@ fn repair_plan(view: &WalView) -> Result<Exit, Failure> {
         println!("{a}");
     }
     println!("dry run: {} actions, nothing changed", actions.len());
+    report_damaged_frames(view.dir())?;
     Ok(Exit::Done)
 }
