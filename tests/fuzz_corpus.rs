@@ -120,6 +120,18 @@ fn directory_corpus_and_mutations_never_panic() {
     });
 }
 
+/// The tool's read path (the view, every segment, the registers, the dead letters)
+/// over the directory corpus and its mutations: it never panics and never writes.
+#[test]
+fn view_over_the_directory_corpus_and_mutations_never_panics_or_writes() {
+    run("directory", |b| {
+        let _ = walsink::fuzzing::view(b);
+    });
+    run("view", |b| {
+        let _ = walsink::fuzzing::view(b);
+    });
+}
+
 /// The named seeds (from `fuzz/tools/fuzz_seeds.rs`) are real WALs: they must open and
 /// read back every record. Inputs the fuzzer added may be refused; they only must not
 /// panic (checked above).

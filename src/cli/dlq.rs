@@ -97,7 +97,7 @@ pub(super) async fn run(cmd: DlqCommand) -> Result<Exit, Failure> {
     match cmd {
         DlqCommand::Count { dir } => {
             let store = read_store(&dir)?;
-            println!("{}", store.count());
+            outln!("{}", store.count());
             Ok(damage_exit(&dir, &store))
         }
         DlqCommand::List {
@@ -136,7 +136,7 @@ pub(super) async fn run(cmd: DlqCommand) -> Result<Exit, Failure> {
                     );
                 }
             }
-            print!("{out}");
+            out!("{out}");
             let exit = damage_exit(&dir, &store);
             if listed == 0 {
                 eprintln!("walsink: no dead letter at or above seq {from}");
@@ -154,7 +154,7 @@ pub(super) async fn run(cmd: DlqCommand) -> Result<Exit, Failure> {
             };
             let codec_id = store.codec_id().unwrap_or(0);
             match format {
-                Format::Json => print!("{}", json_line(&e)),
+                Format::Json => out!("{}", json_line(&e)),
                 Format::Text | Format::Hex => {
                     let mut out = String::new();
                     let m = &e.meta;
@@ -173,7 +173,7 @@ pub(super) async fn run(cmd: DlqCommand) -> Result<Exit, Failure> {
                         out.push_str(&String::from_utf8_lossy(&e.payload));
                         out.push('\n');
                     }
-                    print!("{out}");
+                    out!("{out}");
                 }
             }
             Ok(damage_exit(&dir, &store))
@@ -187,7 +187,7 @@ pub(super) async fn run(cmd: DlqCommand) -> Result<Exit, Failure> {
                 Err(DeadLetterError::Sink { redriven, source }) => {
                     // What moved before the failure is in the WAL and out of the store.
                     for (old, new) in &redriven {
-                        println!("seq {old} -> {new}");
+                        outln!("seq {old} -> {new}");
                     }
                     return Err(Failure::new(
                         Exit::DamageOrNoMatch,
@@ -200,9 +200,9 @@ pub(super) async fn run(cmd: DlqCommand) -> Result<Exit, Failure> {
                 Err(e) => return Err(e.into()),
             };
             for (old, new) in &moved {
-                println!("seq {old} -> {new}");
+                outln!("seq {old} -> {new}");
             }
-            println!("redriven {} dead letters", moved.len());
+            outln!("redriven {} dead letters", moved.len());
             held_back(selected, moved.len() as u64);
             Ok(if moved.is_empty() {
                 Exit::DamageOrNoMatch
@@ -215,7 +215,7 @@ pub(super) async fn run(cmd: DlqCommand) -> Result<Exit, Failure> {
             let store = DeadLetterStore::open(&dir).await?;
             let selected = selected(&store, &which).await?;
             let n = store.purge(which.selection()).await?;
-            println!("purged {n} dead letters");
+            outln!("purged {n} dead letters");
             held_back(selected, n);
             Ok(if n == 0 {
                 Exit::DamageOrNoMatch
@@ -340,7 +340,14 @@ pub(super) fn hex_dump(b: &[u8]) -> String {
 
 /// The error text on one line (newlines and tabs escaped).
 pub(super) fn one_line(s: &str) -> String {
-    s.replace('\\', "\\\\")
-        .replace('\n', "\\n")
-        .replace('\t', "\\t")
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if c == '\\' || c.is_control() {
+            // Newlines, tabs, ESC and CR would break lines or drive the terminal.
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }

@@ -13,6 +13,22 @@
 //! Reading commands work while a sink runs. Any failure is one line on stderr; no
 //! directory content makes the tool panic.
 
+/// Writes to stdout, ignoring a closed pipe (`walsink verify --json DIR | head -1`):
+/// the rest of the output is dropped, the exit code stays the command's.
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = std::io::stdout().lock().write_fmt(format_args!($($arg)*));
+    }};
+}
+
+/// [`out!`] with a newline.
+macro_rules! outln {
+    ($($arg:tt)*) => {{
+        out!("{}\n", format_args!($($arg)*));
+    }};
+}
+
 mod dlq;
 mod wal;
 
@@ -114,6 +130,10 @@ enum Command {
         /// Say what would change, change nothing.
         #[arg(long)]
         dry_run: bool,
+        /// The sink's codec id, when no readable segment or dead letter names it
+        /// (1 bincode, 2 raw).
+        #[arg(long, value_name = "ID")]
+        codec_id: Option<u32>,
     },
     /// Dead letters: records the drain rejected permanently or that no longer decode.
     #[command(subcommand)]
@@ -156,7 +176,11 @@ pub fn main() -> ExitCode {
                 limit,
                 format,
             } => wal::dump(&dir, from, limit, format),
-            Command::Repair { dir, dry_run } => wal::repair(&dir, dry_run),
+            Command::Repair {
+                dir,
+                dry_run,
+                codec_id,
+            } => wal::repair(&dir, dry_run, codec_id),
             Command::Dlq(c) => dlq::run(c).await,
         }
     });

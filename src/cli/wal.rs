@@ -18,7 +18,7 @@ use crate::wal::recovery::{RecoveryLimits, recover};
 use crate::wal::register::RegisterPeek;
 use crate::wal::segment::ScanStep;
 use crate::wal::storage::{RealStorage, Storage};
-use crate::wal::view::{SegmentView, WalView};
+use crate::wal::view::WalView;
 
 /// Record formats for `dump`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -83,6 +83,7 @@ fn walk(
     let mut stats = Vec::new();
     let mut problems = Vec::new();
     let last = view.segments.last().map(|s| s.first_seq);
+    let codec = first_codec(view);
     'segments: for seg in &view.segments {
         let file = segment_file_name(seg.first_seq);
         let mut st = SegmentStats {
@@ -92,6 +93,27 @@ fn walk(
             ..SegmentStats::default()
         };
         match seg.header {
+            HeaderStatus::Valid(h) if h.first_seq != seg.first_seq => {
+                problems.push(Problem {
+                    file: file.clone(),
+                    offset: Some(0),
+                    kind: format!(
+                        "header says first seq {}, not its name's (open quarantines it)",
+                        h.first_seq
+                    ),
+                });
+            }
+            HeaderStatus::Valid(h) if codec.is_some_and(|c| c != h.codec_id) => {
+                problems.push(Problem {
+                    file: file.clone(),
+                    offset: Some(0),
+                    kind: format!(
+                        "codec id {} differs from the other segments' {} (open refuses)",
+                        h.codec_id,
+                        codec.unwrap_or(0)
+                    ),
+                });
+            }
             HeaderStatus::Valid(_) => {}
             HeaderStatus::UnsupportedVersion(v) => {
                 problems.push(Problem {
@@ -185,9 +207,17 @@ fn walk(
     Ok((stats, problems))
 }
 
+/// The codec id of the first segment with a valid header.
+fn first_codec(view: &WalView) -> Option<u32> {
+    view.segments.iter().find_map(|s| match s.header {
+        HeaderStatus::Valid(h) => Some(h.codec_id),
+        _ => None,
+    })
+}
+
 /// Whether a live process holds the directory's lock, from `/proc/locks` (Linux):
 /// taking the lock, even briefly, could make a sink starting at that moment fail.
-/// `None` if it cannot be told.
+/// `Some(true)` if seen there, `None` if it cannot be told.
 fn locked(dir: &Path) -> Option<bool> {
     use std::os::unix::fs::MetadataExt;
     let meta = std::fs::metadata(dir.join(LOCK_FILE)).ok()?;
@@ -199,10 +229,15 @@ fn locked(dir: &Path) -> Option<bool> {
         ((dev >> 12) & 0xffff_ff00) | (dev & 0xff),
     );
     let want = format!("{major:02x}:{minor:02x}:{}", meta.ino());
-    Some(locks.lines().any(|l| {
-        let f: Vec<&str> = l.split_whitespace().collect();
-        f.get(1) == Some(&"FLOCK") && f.iter().any(|x| *x == want)
-    }))
+    // Seen: a live process holds it. Not seen is not proof: a holder in another PID
+    // namespace (a sidecar container) may not be listed.
+    locks
+        .lines()
+        .any(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            f.get(1) == Some(&"FLOCK") && f.iter().any(|x| *x == want)
+        })
+        .then_some(true)
 }
 
 fn dead_letter_count(dir: &Path) -> Option<u64> {
@@ -248,7 +283,7 @@ pub(super) fn inspect(dir: &Path, json: bool) -> Result<Exit, Failure> {
             "strays": view.strays,
             "problems": problems.len(),
         });
-        println!("{v}");
+        outln!("{v}");
     } else {
         let mut out = String::new();
         let _ = writeln!(out, "directory:     {}", dir.display());
@@ -257,8 +292,7 @@ pub(super) fn inspect(dir: &Path, json: bool) -> Result<Exit, Failure> {
             "live sink:     {}",
             match locked {
                 Some(true) => "yes (the directory is locked)",
-                Some(false) => "no",
-                None => "unknown",
+                _ => "not seen (no lock in /proc/locks)",
             }
         );
         let _ = writeln!(
@@ -307,7 +341,7 @@ pub(super) fn inspect(dir: &Path, json: bool) -> Result<Exit, Failure> {
                 problems.len()
             );
         }
-        print!("{out}");
+        out!("{out}");
     }
     Ok(if problems.is_empty() {
         Exit::Done
@@ -378,7 +412,7 @@ pub(super) fn verify(dir: &Path, json: bool) -> Result<Exit, Failure> {
     let records: u64 = stats.iter().map(|s| s.records).sum();
     if json {
         for p in &problems {
-            println!(
+            outln!(
                 "{}",
                 serde_json::json!({"file": p.file, "offset": p.offset, "kind": p.kind})
             );
@@ -386,11 +420,11 @@ pub(super) fn verify(dir: &Path, json: bool) -> Result<Exit, Failure> {
     } else {
         for p in &problems {
             match p.offset {
-                Some(o) => println!("{} at offset {o}: {}", p.file, p.kind),
-                None => println!("{}: {}", p.file, p.kind),
+                Some(o) => outln!("{} at offset {o}: {}", p.file, p.kind),
+                None => outln!("{}: {}", p.file, p.kind),
             }
         }
-        println!(
+        outln!(
             "checked {} segments, {records} records, 2 registers: {} problems",
             stats.len(),
             problems.len()
@@ -472,22 +506,39 @@ pub(super) fn dump(
     })
 }
 
-pub(super) fn repair(dir: &Path, dry_run: bool) -> Result<Exit, Failure> {
+pub(super) fn repair(dir: &Path, dry_run: bool, codec: Option<u32>) -> Result<Exit, Failure> {
     let (dir, view) = open_view(dir)?;
+    if locked(&dir) == Some(true) {
+        return Err(Failure::new(
+            Exit::Locked,
+            format!(
+                "{} is locked by a live sink: stop it first (it repairs at open anyway)",
+                dir.display()
+            ),
+        ));
+    }
     if dry_run {
         return repair_plan(&view);
     }
-    let codec_id = view
-        .segments
-        .iter()
-        .find_map(|s: &SegmentView| match s.header {
-            HeaderStatus::Valid(h) => Some(h.codec_id),
-            _ => None,
-        });
-    drop(view);
+    // The codec the segments name; recovery stamps it on any segment it creates, and a
+    // wrong one would make the sink's own open refuse the directory.
     let storage: Arc<dyn Storage> = Arc::new(RealStorage);
+    let codec_id = codec
+        .or_else(|| first_codec(&view))
+        .or_else(|| {
+            StoreFiles::open(Arc::clone(&storage), &dir, 0, u64::MAX, false)
+                .ok()?
+                .codec_id()
+        })
+        .ok_or_else(|| {
+            Failure::new(
+                Exit::Unusable,
+                "no readable segment or dead letter names the sink's codec: pass --codec-id (1 bincode, 2 raw, or your codec's id)",
+            )
+        })?;
+    drop(view);
     let limits = RecoveryLimits {
-        codec_id: codec_id.unwrap_or(crate::codec::BINCODE_CODEC_ID),
+        codec_id,
         segment_bytes: 64 << 20,
         max_record_bytes: FRAME_PAYLOAD_LIMIT_BYTES,
     };
@@ -504,32 +555,32 @@ pub(super) fn repair(dir: &Path, dry_run: bool) -> Result<Exit, Failure> {
     let r = &rec.report;
     let mut changes = 0;
     if r.truncated_bytes > 0 {
-        println!(
+        outln!(
             "truncated a torn tail of {} bytes from the last segment",
             r.truncated_bytes
         );
         changes += 1;
     }
     for q in &r.quarantined {
-        println!("quarantined {}", q.display());
+        outln!("quarantined {}", q.display());
         changes += 1;
     }
     if r.deleted_acked_segments > 0 {
-        println!(
+        outln!(
             "deleted {} segments the durable cursor had passed",
             r.deleted_acked_segments
         );
         changes += 1;
     }
     if r.cursor_reset {
-        println!(
-            "the cursor was missing or unreadable: delivery will restart at the oldest segment"
-        );
+        outln!("the cursor was missing or unreadable: delivery will restart at the oldest segment");
         changes += 1;
     }
-    println!(
+    outln!(
         "repaired: {changes} changes; {} segments, acked seq {}, {} records to deliver",
-        r.segments, r.acked_seq, r.replay_records
+        r.segments,
+        r.acked_seq,
+        r.replay_records
     );
     drop(rec);
     report_damaged_frames(&dir)?;
@@ -545,7 +596,7 @@ fn report_damaged_frames(dir: &Path) -> Result<(), Failure> {
     let (stats, _) = walk(&view, false, acked, |_, _| true, |_| {})?;
     let damaged: u64 = stats.iter().map(|s| s.damaged_frames).sum();
     if damaged > 0 {
-        println!(
+        outln!(
             "{damaged} damaged frames stay in place: delivery skips them (counted in corrupt_records_total), and they go with their segment once the cursor passes it"
         );
     }
@@ -578,11 +629,18 @@ fn repair_plan(view: &WalView) -> Result<Exit, Failure> {
     let acked = register_value(&view.cursor).unwrap_or(0);
     let mut actions = Vec::new();
     for s in &view.segments {
-        if !matches!(s.header, HeaderStatus::Valid(_)) {
-            actions.push(format!(
-                "would quarantine {} (unreadable header)",
-                segment_file_name(s.first_seq)
-            ));
+        let name = segment_file_name(s.first_seq);
+        match s.header {
+            HeaderStatus::Valid(h) if h.first_seq == s.first_seq => {}
+            HeaderStatus::Valid(_) => actions.push(format!(
+                "would quarantine {name} (its header names another first seq)"
+            )),
+            HeaderStatus::UnsupportedVersion(v) => actions.push(format!(
+                "would refuse: {name} has format version {v}, which this build does not read (exit 2, nothing changed)"
+            )),
+            HeaderStatus::Corrupt(_) => {
+                actions.push(format!("would quarantine {name} (unreadable header)"))
+            }
         }
     }
     for (name, peek) in [("CURSOR", &view.cursor), ("SEQ_LEASE", &view.lease)] {
@@ -629,9 +687,9 @@ fn repair_plan(view: &WalView) -> Result<Exit, Failure> {
         ));
     }
     for a in &actions {
-        println!("{a}");
+        outln!("{a}");
     }
-    println!("dry run: {} actions, nothing changed", actions.len());
+    outln!("dry run: {} actions, nothing changed", actions.len());
     report_damaged_frames(view.dir())?;
     Ok(Exit::Done)
 }

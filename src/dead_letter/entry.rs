@@ -200,6 +200,7 @@ pub(crate) fn decode_entry(b: &[u8]) -> Result<(EntryMeta, usize), EntryError> {
 }
 
 /// `t` as an RFC 3339 timestamp in UTC with milliseconds (`2026-12-02T07:22:17.123Z`).
+#[cfg(any(feature = "cli", test))]
 pub(crate) fn rfc3339(t: SystemTime) -> String {
     let ms = to_millis(t);
     let (secs, milli) = (ms.div_euclid(1000), ms.rem_euclid(1000));

@@ -322,6 +322,7 @@ impl StoreFiles {
     }
 
     /// Damaged frames or files found by the last scan.
+    #[cfg(any(feature = "cli", test))]
     pub(crate) fn damaged(&self) -> u64 {
         self.damaged
     }

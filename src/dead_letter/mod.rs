@@ -39,7 +39,9 @@ use crate::wal::register::{Register, RegisterOpen};
 use crate::wal::storage::{LockError, LockGuard, RealStorage, Storage};
 
 pub use entry::DeadLetterReason;
-pub(crate) use entry::{EntryMeta, rfc3339};
+pub(crate) use entry::EntryMeta;
+#[cfg(feature = "cli")]
+pub(crate) use entry::rfc3339;
 pub(crate) use files::{Appended, DEAD_LETTER_DIR, StoreFiles, StoredEntry};
 
 /// What the sink does with a record the drain rejects permanently or that no longer

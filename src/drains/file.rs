@@ -313,6 +313,12 @@ impl State {
                 break;
             }
         }
+        // What a crashed process left in the page cache is now trusted (a replay of
+        // it is skipped): make it durable first.
+        if let Some((_, path)) = all.last() {
+            File::open(path)?.sync_all()?;
+        }
+        File::open(dir)?.sync_all()?;
         let last_name = all.last().map(|(n, _)| *n);
         Ok(Self {
             high_seq,
@@ -352,8 +358,11 @@ impl State {
             // The new file's directory entry must be durable before a record in it is
             // acknowledged: a power loss could otherwise drop the whole file.
             if let Err(e) = File::open(dir).and_then(|d| d.sync_all()) {
-                // Empty: remove it so the retry can create it again.
-                let _ = std::fs::remove_file(&path);
+                // Empty: remove it so the retry can create it again, and if that fails
+                // too, let the retry take the next name.
+                if std::fs::remove_file(&path).is_err() {
+                    self.last_name = Some(name);
+                }
                 return Err(e);
             }
             self.last_name = Some(name);

@@ -211,3 +211,68 @@ pub fn directory(data: &[u8]) -> Option<u64> {
     }
     panic!("invariant violation: reading a recovered directory did not finish");
 }
+
+/// Unpacks `data` as [`directory`] does (names starting `dl-` go to the dead-letter
+/// store's directory, the rest to the WAL directory), then reads it the way the
+/// `walsink` tool's reading commands do: the read-only view, every frame of every
+/// segment, both registers, and every dead letter. Returns the frames and dead letters
+/// read. Panics if the reading changed the disk or did not finish within one step per
+/// byte.
+pub fn view(data: &[u8]) -> Option<u64> {
+    use crate::dead_letter::{DEAD_LETTER_DIR, StoreFiles};
+    use crate::wal::view::WalView;
+    let disk = SimDisk::new(0);
+    let storage: Arc<dyn Storage> = disk.storage();
+    let dir = Path::new("/fuzz/wal");
+    let dl = dir.join(DEAD_LETTER_DIR);
+    crate::wal::storage::create_dir_chain(storage.as_ref(), &dl).ok()?;
+    let mut total_bytes = 0u64;
+    for (name, body) in unpack(data) {
+        let path = match name.strip_prefix("dl-") {
+            Some(n) if !n.is_empty() => dl.join(n),
+            _ => dir.join(&name),
+        };
+        let Ok(f) = storage.create_new(&path) else {
+            continue;
+        };
+        f.write_all_at(&body, 0).ok()?;
+        total_bytes += body.len() as u64;
+    }
+    let changes = disk.changes();
+    let view = WalView::open(Arc::clone(&storage), dir, FUZZ_MAX_RECORD_BYTES).ok()?;
+    let mut read = 0u64;
+    for seg in &view.segments {
+        let Ok(Some(mut scanner)) = view.scan(seg) else {
+            continue;
+        };
+        let mut ended = false;
+        for _ in 0..=total_bytes + 2 {
+            match scanner.next_step() {
+                Ok(ScanStep::Frame { .. }) => read += 1,
+                Ok(ScanStep::Corrupt { .. }) => {}
+                Ok(ScanStep::End { .. }) | Err(_) => {
+                    ended = true;
+                    break;
+                }
+            }
+        }
+        assert!(ended, "invariant violation: a segment scan did not finish");
+    }
+    if let Ok(store) = StoreFiles::open(Arc::clone(&storage), dir, 0, u64::MAX, false) {
+        for seq in store.seqs(0, usize::MAX) {
+            if let Ok(Some(e)) = store.get(seq) {
+                assert_eq!(
+                    e.meta.seq, seq,
+                    "invariant violation: entry under another seq"
+                );
+                read += 1;
+            }
+        }
+    }
+    assert_eq!(
+        disk.changes(),
+        changes,
+        "invariant violation: reading the directory changed it"
+    );
+    Some(read)
+}
