@@ -15,7 +15,6 @@
 mod common;
 
 use std::path::Path;
-use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -59,10 +58,7 @@ fn dead_letter_child_entry() -> Result<(), Box<dyn std::error::Error>> {
     let dir = std::env::var("WALSINK_CHILD_DIR")
         .map_err(|_| "WALSINK_CHILD_DIR is not set: this entry point runs only as a child")?;
     let task = std::env::var("WALSINK_CHILD_TASK")?;
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?;
+    let rt = child_runtime()?;
     rt.block_on(async move {
         let dir = Path::new(&dir);
         match task.as_str() {
@@ -102,14 +98,7 @@ fn dead_letter_bytes(dir: &Path) -> u64 {
 /// Runs the child on `dir` until it aborts at `point`.
 fn crash_child_at(dir: &Path, task: &str, point: &str) -> Result<(), Box<dyn std::error::Error>> {
     assert!(walsink::crashpoint::DEAD_LETTER_CRASH_POINTS.contains(&point));
-    let status = Command::new(std::env::current_exe()?)
-        .args([
-            "--exact",
-            "dead_letter_child_entry",
-            "--ignored",
-            "--nocapture",
-            "--test-threads=1",
-        ])
+    let status = child_command("dead_letter_child_entry")?
         .env("WALSINK_CHILD_DIR", dir)
         .env("WALSINK_CHILD_TASK", task)
         .env("WALSINK_CRASH_AT", format!("{point}:1"))

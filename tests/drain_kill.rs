@@ -17,7 +17,7 @@ mod common;
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 
 use common::*;
 use tokio_util::sync::CancellationToken;
@@ -47,10 +47,7 @@ fn drain_kill_child_entry() -> Result<(), Box<dyn std::error::Error>> {
         .map_err(|_| "WALSINK_CHILD_DIR is not set: this entry point runs only as a child")?;
     let round: u64 = std::env::var("WALSINK_CHILD_ROUND")?.parse()?;
     let which = std::env::var("WALSINK_CHILD_DRAIN")?;
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?;
+    let rt = child_runtime()?;
     rt.block_on(async move {
         let dir = Path::new(&dir);
         match which.as_str() {
@@ -97,14 +94,7 @@ fn kill_rounds(dir: &Path, which: &str, seed: u64) -> Result<Vec<u64>, Box<dyn s
     let mut synced = Vec::new();
     for round in 0..rounds() {
         let kill_after = 1 + rng.next() % 40;
-        let mut child = Command::new(std::env::current_exe()?)
-            .args([
-                "--exact",
-                "drain_kill_child_entry",
-                "--ignored",
-                "--nocapture",
-                "--test-threads=1",
-            ])
+        let mut child = child_command("drain_kill_child_entry")?
             .env("WALSINK_CHILD_DIR", dir)
             .env("WALSINK_CHILD_ROUND", round.to_string())
             .env("WALSINK_CHILD_DRAIN", which)

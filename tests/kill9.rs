@@ -19,7 +19,7 @@ mod common;
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::Duration;
 
 use common::*;
@@ -55,10 +55,7 @@ fn child_process_entry() -> Result<(), Box<dyn std::error::Error>> {
         Ok("interval") => Durability::Interval(Duration::from_millis(5)),
         _ => Durability::Never,
     };
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?;
+    let rt = child_runtime()?;
     rt.block_on(async move {
         let dir = Path::new(&dir);
         let log_file = std::fs::OpenOptions::new()
@@ -97,21 +94,13 @@ async fn sigkill_at_random_points_loses_nothing_that_was_synced()
     let seed = seed_or(0x5EED_0001);
     eprintln!("kill9 seed {seed} (rerun: WALSINK_SEED={seed} cargo test --test kill9)");
     let mut rng = Rng(seed);
-    let exe = std::env::current_exe()?;
     for round in 0..ROUNDS {
         let tmp = tempfile::tempdir()?;
         let base = tmp.path().join("child");
         std::fs::create_dir_all(&base)?;
         let durability = ["never", "interval", "always"][(round % 3) as usize];
         let kill_after = 1 + rng.next() % 60;
-        let mut child = Command::new(&exe)
-            .args([
-                "--exact",
-                "child_process_entry",
-                "--ignored",
-                "--nocapture",
-                "--test-threads=1",
-            ])
+        let mut child = child_command("child_process_entry")?
             .env("WALSINK_CHILD_DIR", &base)
             .env("WALSINK_CHILD_DURABILITY", durability)
             .stdout(Stdio::piped())

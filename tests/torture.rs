@@ -25,11 +25,11 @@
 
 mod common;
 
-use common::{Rng, drain_log_lines, parse_drain_log};
+use common::{Rng, child_command, child_runtime, drain_log_lines, parse_drain_log};
 use std::collections::{BTreeMap, HashMap};
 use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -92,10 +92,7 @@ fn torture_child_entry() -> Result<(), Box<dyn std::error::Error>> {
         Ok("interval") => Durability::Interval(Duration::from_millis(2)),
         _ => Durability::Never,
     };
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?;
+    let rt = child_runtime()?;
     rt.block_on(async move {
         let dir = Path::new(&dir);
         let file = std::fs::OpenOptions::new()
@@ -167,7 +164,6 @@ fn torture_many_kills_lose_nothing_synced() -> Result<(), Box<dyn std::error::Er
         "torture: seed {seed}, {rounds} rounds (rerun: WALSINK_SEED={seed} cargo test --features crashpoints --test torture)"
     );
     let mut rng = Rng(seed);
-    let exe = std::env::current_exe()?;
     let tmp = tempfile::tempdir()?;
     let base = tmp.path();
     let points = walsink::crashpoint::CRASH_POINTS;
@@ -177,19 +173,12 @@ fn torture_many_kills_lose_nothing_synced() -> Result<(), Box<dyn std::error::Er
     let mut kills: BTreeMap<String, u64> = BTreeMap::new();
     for round in 0..rounds {
         let durability = ["never", "interval", "always"][(rng.next() % 3) as usize];
-        let mut cmd = Command::new(&exe);
-        cmd.args([
-            "--exact",
-            "torture_child_entry",
-            "--ignored",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env("WALSINK_TORTURE_DIR", base)
-        .env("WALSINK_TORTURE_ROUND", round.to_string())
-        .env("WALSINK_TORTURE_DURABILITY", durability)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null());
+        let mut cmd = child_command("torture_child_entry")?;
+        cmd.env("WALSINK_TORTURE_DIR", base)
+            .env("WALSINK_TORTURE_ROUND", round.to_string())
+            .env("WALSINK_TORTURE_DURABILITY", durability)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null());
         // Two rounds in three stop at a named crash point, the rest by SIGKILL.
         let point = if rng.next() % 3 < 2 {
             Some(points[(rng.next() % points.len() as u64) as usize])
@@ -261,10 +250,7 @@ fn torture_many_kills_lose_nothing_synced() -> Result<(), Box<dyn std::error::Er
 
     // Final: deliver what is left.
     let got = Arc::new(Mutex::new(Vec::new()));
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?;
+    let rt = child_runtime()?;
     rt.block_on(async {
         let shutdown = CancellationToken::new();
         let started = Instant::now();

@@ -291,3 +291,25 @@ pub fn parse_drain_log(text: &str) -> Vec<(u64, u64)> {
         })
         .collect()
 }
+
+/// The runtime a child-process entry point (kill9, torture, drain_kill,
+/// dead_letter_kill) runs its sink on: two workers, as in the parent tests.
+pub fn child_runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+}
+
+/// This test binary, set to run only the `#[ignore]`d child entry point `entry`.
+pub fn child_command(entry: &str) -> std::io::Result<std::process::Command> {
+    let mut cmd = std::process::Command::new(std::env::current_exe()?);
+    cmd.args([
+        "--exact",
+        entry,
+        "--ignored",
+        "--nocapture",
+        "--test-threads=1",
+    ]);
+    Ok(cmd)
+}

@@ -130,20 +130,27 @@ async fn a_record_after_a_hole_left_by_a_power_loss_is_not_trusted() {
     }
 }
 
+/// Two drains never share a directory; a record's newline is escaped, so a record is
+/// one line. (A raw, unescaped newline can only come from serde_json's `RawValue`,
+/// which `encode_json` refuses; this build does not enable that feature to test it.)
 #[tokio::test]
-async fn two_drains_never_share_a_directory_and_a_newline_is_refused() {
+async fn two_drains_never_share_a_directory_and_a_record_stays_on_one_line() {
     let tmp = tempfile::tempdir().expect("tmp");
     let d = FileDrain::<String>::json_lines(tmp.path()).expect("open");
     let second = FileDrain::<String>::json_lines(tmp.path());
     assert!(second.is_err(), "locked");
     drop(d);
-    let mut d = FileDrain::<serde_json::Value>::json_lines(tmp.path()).expect("reopen");
-    // A plain string with a newline is escaped: fine.
-    d.write_batch(batch(vec![(1, serde_json::json!("a\nb"))]))
+    let mut d = FileDrain::<String>::json_lines(tmp.path()).expect("reopen after drop");
+    d.write_batch(batch(vec![(1, "a\nb".to_string()), (2, "c".to_string())]))
         .await
-        .expect("escaped");
-    let mut buf = Vec::new();
-    assert!(encode_json(&serde_json::json!({"x": 1}), 2, &mut buf).is_ok());
+        .expect("write");
+    let (_, path) = files(tmp.path(), FileFormat::JsonLines)
+        .expect("files")
+        .pop()
+        .expect("a file");
+    let text = std::fs::read_to_string(path).expect("read");
+    assert_eq!(text.lines().count(), 2, "{text}");
+    assert_eq!(read_json(tmp.path())[0].1, "a\nb");
 }
 
 #[test]
