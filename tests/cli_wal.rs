@@ -168,6 +168,111 @@ async fn reading_commands_beside_a_sink_that_keeps_writing_see_no_damage() {
     assert!(values(&log).len() > 100, "records flowed");
 }
 
+/// `repair` on a healthy directory a crash left changes only what it reports: it trims
+/// the active segment's unused preallocated zeros (as open does) and says so, never
+/// grows a file (no preallocation of its own), keeps every waiting record, and a
+/// second run has nothing to do.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn repair_of_a_healthy_directory_reports_each_change_and_keeps_every_record() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let dir = tmp.path();
+    let (sink, handle) = sink_with_backlog(dir).await;
+    drop(sink);
+    handle.join().await.expect("join");
+    // A clean stop trims the active segment; a crash leaves its preallocated zeros.
+    let last = std::fs::read_dir(dir)
+        .expect("dir")
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "seg"))
+        .max()
+        .expect("a segment");
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&last)
+        .expect("open");
+    f.set_len(f.metadata().expect("meta").len() + 8192)
+        .expect("extend");
+    drop(f);
+    let sizes = |d: &Path| {
+        let mut v: Vec<(String, u64)> = std::fs::read_dir(d)
+            .expect("dir")
+            .filter_map(Result::ok)
+            .filter_map(|e| {
+                Some((
+                    e.file_name().to_string_lossy().into_owned(),
+                    e.metadata().ok()?.len(),
+                ))
+            })
+            .collect();
+        v.sort();
+        v
+    };
+    let dumped = |d: &Path| {
+        stdout(
+            &walsink(
+                &[
+                    "dump", "--from", "101", "--limit", "1000", "--format", "json",
+                ],
+                d,
+            )
+            .code(0),
+        )
+    };
+    let before = sizes(dir);
+    let records = dumped(dir);
+    assert_eq!(records.lines().count(), 200);
+
+    let a = walsink(&["repair", "--dry-run"], dir).code(0);
+    let plan = stdout(&a);
+    assert_eq!(sizes(dir), before, "a dry run changed a file");
+    let a = walsink(&["repair"], dir).code(0);
+    let done = stdout(&a);
+    let after = sizes(dir);
+    assert_eq!(
+        before.iter().map(|(n, _)| n).collect::<Vec<_>>(),
+        after.iter().map(|(n, _)| n).collect::<Vec<_>>(),
+        "repair added or removed a file:\n{done}"
+    );
+    let trimmed: Vec<_> = before
+        .iter()
+        .zip(&after)
+        .filter(|(b, a)| a.1 != b.1)
+        .collect();
+    // The zeros a crash leaves after the last frame are the only thing to trim.
+    assert_eq!(trimmed.len(), 1, "{before:?} -> {after:?}:\n{done}");
+    for (b, a) in &trimmed {
+        assert!(a.1 < b.1, "repair grew {}: {} -> {}", b.0, b.1, a.1);
+        let line = format!(
+            "trimmed {} bytes of unused preallocated space (zeros) from {}",
+            b.1 - a.1,
+            b.0
+        );
+        assert!(
+            done.contains(&line),
+            "unreported change to {}:\n{done}",
+            b.0
+        );
+        assert!(
+            plan.contains(&format!("would trim {} bytes", b.1 - a.1)),
+            "dry run did not predict it:\n{plan}"
+        );
+    }
+    assert!(
+        done.contains(&format!("repaired: {} changes;", trimmed.len()))
+            && done.contains("200 records to deliver"),
+        "{done}"
+    );
+    assert_eq!(dumped(dir), records, "repair changed what waits");
+    let a = walsink(&["repair"], dir).code(0);
+    assert!(
+        stdout(&a).contains("repaired: 0 changes;"),
+        "{}",
+        stdout(&a)
+    );
+    assert_eq!(sizes(dir), after);
+}
+
 fn first_segment(dir: &Path) -> std::path::PathBuf {
     segment_files(dir).into_iter().next().expect("a segment")
 }
@@ -407,7 +512,7 @@ async fn the_recovery_corruption_matrix_through_every_command() {
             v
         };
         let before = listing(dir);
-        walsink(&["repair", "--dry-run"], dir).code(0);
+        let plan = stdout(&walsink(&["repair", "--dry-run"], dir).code(0));
         assert_eq!(
             listing(dir),
             before,
@@ -417,14 +522,23 @@ async fn the_recovery_corruption_matrix_through_every_command() {
         let code = a.get_output().status.code();
         assert!(!stderr(&a).contains("panicked"), "{name}");
         if code == Some(0) {
+            let done = stdout(&a);
             // What open would set aside is set aside: no header or register problem
             // is left (damaged frames stay, skipped at delivery).
             let a = walsink(&["verify"], dir);
+            let damage_left = a.get_output().status.code() == Some(1);
             let out = stdout(&a);
             assert!(
                 !out.contains("header") && !out.contains("CURSOR") && !out.contains("SEQ_LEASE"),
                 "{name}: after repair:\n{out}"
             );
+            // The dry run and the repair both say whether damaged frames stay, and
+            // they are right.
+            let stays = "damaged frames stay in place";
+            assert_eq!(done.contains(stays), damage_left, "{name}: {done}\n{out}");
+            if !plan.contains("would quarantine") {
+                assert_eq!(plan.contains(stays), damage_left, "{name}: {plan}\n{out}");
+            }
         } else {
             // Refused (an unknown format version): exit 2, nothing changed.
             assert_eq!(code, Some(2), "{name}: {}", stderr(&a));

@@ -536,11 +536,14 @@ pub(super) fn repair(dir: &Path, dry_run: bool, codec: Option<u32>) -> Result<Ex
                 "no readable segment or dead letter names the sink's codec: pass --codec-id (1 bincode, 2 raw, or your codec's id)",
             )
         })?;
+    let had_segments: Vec<u64> = view.segments.iter().map(|s| s.first_seq).collect();
+    let tail_before = view.segments.last().map(|s| (s.first_seq, s.len));
     drop(view);
     let limits = RecoveryLimits {
         codec_id,
         segment_bytes: 64 << 20,
         max_record_bytes: FRAME_PAYLOAD_LIMIT_BYTES,
+        preallocate: false,
     };
     let rec = recover(&storage, &dir, limits).map_err(|e| match e {
         OpenError::Locked { dir } => Failure::new(
@@ -560,6 +563,16 @@ pub(super) fn repair(dir: &Path, dry_run: bool, codec: Option<u32>) -> Result<Ex
             r.truncated_bytes
         );
         changes += 1;
+    } else if let Some((first, len)) = tail_before
+        && let Ok(now) = std::fs::metadata(dir.join(segment_file_name(first)))
+        && now.len() < len
+    {
+        outln!(
+            "trimmed {} bytes of unused preallocated space (zeros) from {}",
+            len - now.len(),
+            segment_file_name(first)
+        );
+        changes += 1;
     }
     for q in &r.quarantined {
         outln!("quarantined {}", q.display());
@@ -576,31 +589,42 @@ pub(super) fn repair(dir: &Path, dry_run: bool, codec: Option<u32>) -> Result<Ex
         outln!("the cursor was missing or unreadable: delivery will restart at the oldest segment");
         changes += 1;
     }
-    outln!(
-        "repaired: {changes} changes; {} segments, acked seq {}, {} records to deliver",
-        r.segments,
-        r.acked_seq,
-        r.replay_records
-    );
+    if !had_segments.contains(&rec.active_first_seq) {
+        outln!(
+            "created {} (empty) for the records from seq {} on",
+            segment_file_name(rec.active_first_seq),
+            rec.next_seq
+        );
+        changes += 1;
+    }
     drop(rec);
-    report_damaged_frames(&dir)?;
+    summarize_repair(&dir, changes)?;
     Ok(Exit::Done)
+}
+
+/// The state `repair` left, read back through the view.
+fn summarize_repair(dir: &Path, changes: usize) -> Result<(), Failure> {
+    let (_, view) = open_view(dir)?;
+    let acked = register_value(&view.cursor).unwrap_or(0);
+    let (stats, _) = walk(&view, false, acked, |_, _| true, |_| {})?;
+    let pending: u64 = stats.iter().map(|s| s.pending_records).sum();
+    outln!(
+        "repaired: {changes} changes; {} segments, acked seq {acked}, {pending} records to deliver",
+        stats.len()
+    );
+    note_damaged_frames(stats.iter().map(|s| s.damaged_frames).sum());
+    Ok(())
 }
 
 /// Says how many damaged frames stay in readable segments: open does not rewrite
 /// them (delivery skips and counts them), and they go with their segment once the
 /// cursor passes it.
-fn report_damaged_frames(dir: &Path) -> Result<(), Failure> {
-    let (_, view) = open_view(dir)?;
-    let acked = register_value(&view.cursor).unwrap_or(0);
-    let (stats, _) = walk(&view, false, acked, |_, _| true, |_| {})?;
-    let damaged: u64 = stats.iter().map(|s| s.damaged_frames).sum();
+fn note_damaged_frames(damaged: u64) {
     if damaged > 0 {
         outln!(
             "{damaged} damaged frames stay in place: delivery skips them (counted in corrupt_records_total), and they go with their segment once the cursor passes it"
         );
     }
-    Ok(())
 }
 
 /// Whether the file at `path` holds only zeros from `from` on (read in bounded chunks).
@@ -628,6 +652,8 @@ fn zeros_from(path: &Path, from: u64) -> bool {
 fn repair_plan(view: &WalView) -> Result<Exit, Failure> {
     let acked = register_value(&view.cursor).unwrap_or(0);
     let mut actions = Vec::new();
+    // The torn tail, if any: (file, offset) from which the repair cuts.
+    let mut cut_from: Option<(String, u64)> = None;
     for s in &view.segments {
         let name = segment_file_name(s.first_seq);
         match s.header {
@@ -668,12 +694,21 @@ fn repair_plan(view: &WalView) -> Result<Exit, Failure> {
         // else is a torn write the next open truncates.
         let path = view.dir().join(segment_file_name(last.first_seq));
         if let Some(end) = end
-            && !zeros_from(&path, end)
+            && end < last.len
         {
-            actions.push(format!(
-                "would truncate {} after its last valid frame, at offset {end}",
-                segment_file_name(last.first_seq)
-            ));
+            actions.push(if zeros_from(&path, end) {
+                format!(
+                    "would trim {} bytes of unused preallocated space (zeros) from {}",
+                    last.len - end,
+                    segment_file_name(last.first_seq)
+                )
+            } else {
+                cut_from = Some((segment_file_name(last.first_seq), end));
+                format!(
+                    "would truncate {} after its last valid frame, at offset {end}",
+                    segment_file_name(last.first_seq)
+                )
+            });
         }
     }
     let passed = view
@@ -690,6 +725,17 @@ fn repair_plan(view: &WalView) -> Result<Exit, Failure> {
         outln!("{a}");
     }
     outln!("dry run: {} actions, nothing changed", actions.len());
-    report_damaged_frames(view.dir())?;
+    let (stats, problems) = walk(view, false, acked, |_, _| true, |_| {})?;
+    // Damage in the torn tail goes with the cut; the rest stays.
+    let in_tail = problems
+        .iter()
+        .filter(|p| {
+            cut_from
+                .as_ref()
+                .is_some_and(|(f, end)| p.file == *f && p.offset.is_some_and(|o| o >= *end))
+        })
+        .count() as u64;
+    let damaged: u64 = stats.iter().map(|s| s.damaged_frames).sum();
+    note_damaged_frames(damaged.saturating_sub(in_tail));
     Ok(Exit::Done)
 }

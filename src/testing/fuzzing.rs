@@ -188,6 +188,7 @@ pub fn directory(data: &[u8]) -> Option<u64> {
         codec_id: BINCODE_CODEC_ID,
         segment_bytes: 4096,
         max_record_bytes: FUZZ_MAX_RECORD_BYTES,
+        preallocate: true,
     };
     let rec = recover(&storage, dir, limits).ok()?;
     let written = rec.next_seq - 1;

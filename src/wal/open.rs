@@ -67,6 +67,7 @@ impl Wal {
             codec_id: cfg.codec_id,
             segment_bytes: cfg.segment_bytes,
             max_record_bytes: cfg.max_record_bytes,
+            preallocate: true,
         };
         let rec = recover(&storage, &cfg.dir, limits)?;
 

@@ -99,6 +99,9 @@ pub(crate) struct RecoveryLimits {
     pub(crate) codec_id: u32,
     pub(crate) segment_bytes: u64,
     pub(crate) max_record_bytes: usize,
+    /// Reserve the active segment's space (`segment_bytes`) ahead of appends. The sink
+    /// does; `walsink repair` does not, so that it changes only what it reports.
+    pub(crate) preallocate: bool,
 }
 
 fn io_err(op: &'static str, path: &Path) -> impl FnOnce(io::Error) -> OpenError + use<> {
@@ -663,7 +666,9 @@ fn choose_active(
             // continues from being durable (its syncs cover only what it writes, and a
             // lost lease is rebuilt from the last frame found after a power loss).
             file.sync().map_err(io_err("sync tail segment", &path))?;
-            preallocate(file.as_ref(), limits.segment_bytes);
+            if limits.preallocate {
+                preallocate(file.as_ref(), limits.segment_bytes);
+            }
             set.set_len(t.first_seq, t.valid_end);
             (file, t.first_seq, t.valid_end)
         }
@@ -687,8 +692,13 @@ fn choose_active(
                 prev_last_seq: tail_last,
             };
             let path = segment_path(dir, next_seq);
-            let file = create_segment(s, dir, header, limits.segment_bytes)
-                .map_err(io_err("create segment", &path))?;
+            let reserve = if limits.preallocate {
+                limits.segment_bytes
+            } else {
+                0
+            };
+            let file =
+                create_segment(s, dir, header, reserve).map_err(io_err("create segment", &path))?;
             set.push(SegmentInfo {
                 first_seq: next_seq,
                 prev_last_seq: tail_last,

@@ -146,7 +146,9 @@ pub(crate) fn create_segment(
 ) -> io::Result<Box<dyn StorageFile>> {
     let file = storage.create_new(&segment_path(dir, header.first_seq))?;
     file.write_all_at(&header.encode(), 0)?;
-    preallocate(file.as_ref(), preallocate_bytes);
+    if preallocate_bytes > 0 {
+        preallocate(file.as_ref(), preallocate_bytes);
+    }
     // Sync the file: a power loss must not leave a segment whose header is missing or
     // torn, which the next open would have to quarantine.
     file.sync()?;
