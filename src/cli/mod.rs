@@ -30,6 +30,8 @@ macro_rules! outln {
 }
 
 mod dlq;
+mod overlay;
+mod repair;
 mod wal;
 
 use std::fmt;
@@ -180,7 +182,7 @@ pub fn main() -> ExitCode {
                 dir,
                 dry_run,
                 codec_id,
-            } => wal::repair(&dir, dry_run, codec_id),
+            } => repair::repair(&dir, dry_run, codec_id),
             Command::Dlq(c) => dlq::run(c).await,
         }
     });

@@ -10,11 +10,9 @@ use clap::ValueEnum;
 
 use super::{Exit, Failure, walsink_dir};
 use crate::dead_letter::StoreFiles;
-use crate::error::OpenError;
 use crate::wal::format::{
     FRAME_PAYLOAD_LIMIT_BYTES, HeaderStatus, LOCK_FILE, frame_bytes, segment_file_name,
 };
-use crate::wal::recovery::{RecoveryLimits, recover};
 use crate::wal::register::RegisterPeek;
 use crate::wal::segment::ScanStep;
 use crate::wal::storage::{RealStorage, Storage};
@@ -33,7 +31,7 @@ pub(super) enum DumpFormat {
 
 /// One problem `verify` found.
 #[derive(Debug, Clone)]
-struct Problem {
+pub(super) struct Problem {
     file: String,
     offset: Option<u64>,
     kind: String,
@@ -41,20 +39,31 @@ struct Problem {
 
 /// What a walk over the segments found.
 #[derive(Debug, Default)]
-struct SegmentStats {
+pub(super) struct SegmentStats {
     file: String,
     first_seq: u64,
     last_seq: Option<u64>,
     records: u64,
     bytes: u64,
-    damaged_frames: u64,
-    pending_records: u64,
+    pub(super) damaged_frames: u64,
+    pub(super) pending_records: u64,
     pending_bytes: u64,
+    /// Offset and length of bytes after the last segment's last frame that are not the
+    /// preallocated zeros, seen with no live sink: a crash mid-append (no confirmed
+    /// record is there; the next open cuts them).
+    torn_tail: Option<(u64, u64)>,
 }
 
 fn open_view(dir: &Path) -> Result<(PathBuf, WalView), Failure> {
+    open_view_on(Arc::new(RealStorage), dir)
+}
+
+/// The read-only view of `dir` through `storage`.
+pub(super) fn open_view_on(
+    storage: Arc<dyn Storage>,
+    dir: &Path,
+) -> Result<(PathBuf, WalView), Failure> {
     let dir = walsink_dir(dir)?;
-    let storage: Arc<dyn Storage> = Arc::new(RealStorage);
     let view = WalView::open(storage, &dir, FRAME_PAYLOAD_LIMIT_BYTES).map_err(|e| {
         Failure::new(
             Exit::Unusable,
@@ -64,7 +73,29 @@ fn open_view(dir: &Path) -> Result<(PathBuf, WalView), Failure> {
     Ok((dir, view))
 }
 
-fn register_value(peek: &RegisterPeek) -> Option<u64> {
+/// Whether the file at `path` holds a non-zero byte at or after `from` (read in
+/// bounded chunks).
+fn nonzero_after(path: &Path, from: u64) -> std::io::Result<bool> {
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::File::open(path)?;
+    let mut buf = vec![0u8; 64 << 10];
+    let mut at = from;
+    loop {
+        match f.read_at(&mut buf, at) {
+            Ok(0) => return Ok(false),
+            Ok(n) => {
+                if buf.get(..n).unwrap_or_default().iter().any(|&b| b != 0) {
+                    return Ok(true);
+                }
+                at += n as u64;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+pub(super) fn register_value(peek: &RegisterPeek) -> Option<u64> {
     match peek {
         RegisterPeek::Value(v) => Some(*v),
         _ => None,
@@ -73,7 +104,7 @@ fn register_value(peek: &RegisterPeek) -> Option<u64> {
 
 /// Walks every frame of every segment. `frame` sees each valid frame; problems are
 /// collected. A segment deleted by a live sink since the listing is skipped.
-fn walk(
+pub(super) fn walk(
     view: &WalView,
     live: bool,
     acked: u64,
@@ -197,6 +228,19 @@ fn walk(
                             offset: Some(scanner.valid_end()),
                             kind: format!("{trailing_bytes} bytes after the last valid frame"),
                         });
+                    } else if trailing_bytes > 0 && !live {
+                        // No sink is writing: bytes other than the preallocated zeros
+                        // are a torn write.
+                        let from = scanner.valid_end();
+                        match nonzero_after(&view.dir().join(&file), from) {
+                            Ok(false) => {}
+                            Ok(true) => st.torn_tail = Some((from, trailing_bytes)),
+                            Err(e) => problems.push(Problem {
+                                file: file.clone(),
+                                offset: Some(from),
+                                kind: format!("tail unreadable: {e}"),
+                            }),
+                        }
                     }
                     break;
                 }
@@ -208,7 +252,7 @@ fn walk(
 }
 
 /// The codec id of the first segment with a valid header.
-fn first_codec(view: &WalView) -> Option<u32> {
+pub(super) fn first_codec(view: &WalView) -> Option<u32> {
     view.segments.iter().find_map(|s| match s.header {
         HeaderStatus::Valid(h) => Some(h.codec_id),
         _ => None,
@@ -218,7 +262,7 @@ fn first_codec(view: &WalView) -> Option<u32> {
 /// Whether a live process holds the directory's lock, from `/proc/locks` (Linux):
 /// taking the lock, even briefly, could make a sink starting at that moment fail.
 /// `Some(true)` if seen there, `None` if it cannot be told.
-fn locked(dir: &Path) -> Option<bool> {
+pub(super) fn locked(dir: &Path) -> Option<bool> {
     use std::os::unix::fs::MetadataExt;
     let meta = std::fs::metadata(dir.join(LOCK_FILE)).ok()?;
     let locks = std::fs::read_to_string("/proc/locks").ok()?;
@@ -410,11 +454,22 @@ pub(super) fn verify(dir: &Path, json: bool) -> Result<Exit, Failure> {
         }
     }
     let records: u64 = stats.iter().map(|s| s.records).sum();
+    // Not damage (exit 0): what a crash mid-append leaves, cut by the next open.
+    let torn = stats.iter().filter_map(|s| {
+        let (offset, bytes) = s.torn_tail?;
+        Some((&s.file, offset, format!("torn tail: {bytes} bytes after the last frame are not the preallocated zeros (a crash mid-append; no confirmed record is there, and the next open or `walsink repair` cuts them)")))
+    });
     if json {
         for p in &problems {
             outln!(
                 "{}",
                 serde_json::json!({"file": p.file, "offset": p.offset, "kind": p.kind})
+            );
+        }
+        for (file, offset, kind) in torn {
+            outln!(
+                "{}",
+                serde_json::json!({"file": file, "offset": offset, "kind": kind, "note": true})
             );
         }
     } else {
@@ -423,6 +478,9 @@ pub(super) fn verify(dir: &Path, json: bool) -> Result<Exit, Failure> {
                 Some(o) => outln!("{} at offset {o}: {}", p.file, p.kind),
                 None => outln!("{}: {}", p.file, p.kind),
             }
+        }
+        for (file, offset, kind) in torn {
+            outln!("note: {file} at offset {offset}: {kind}");
         }
         outln!(
             "checked {} segments, {records} records, 2 registers: {} problems",
@@ -504,238 +562,4 @@ pub(super) fn dump(
     } else {
         Exit::DamageOrNoMatch
     })
-}
-
-pub(super) fn repair(dir: &Path, dry_run: bool, codec: Option<u32>) -> Result<Exit, Failure> {
-    let (dir, view) = open_view(dir)?;
-    if locked(&dir) == Some(true) {
-        return Err(Failure::new(
-            Exit::Locked,
-            format!(
-                "{} is locked by a live sink: stop it first (it repairs at open anyway)",
-                dir.display()
-            ),
-        ));
-    }
-    if dry_run {
-        return repair_plan(&view);
-    }
-    // The codec the segments name; recovery stamps it on any segment it creates, and a
-    // wrong one would make the sink's own open refuse the directory.
-    let storage: Arc<dyn Storage> = Arc::new(RealStorage);
-    let codec_id = codec
-        .or_else(|| first_codec(&view))
-        .or_else(|| {
-            StoreFiles::open(Arc::clone(&storage), &dir, 0, u64::MAX, false)
-                .ok()?
-                .codec_id()
-        })
-        .ok_or_else(|| {
-            Failure::new(
-                Exit::Unusable,
-                "no readable segment or dead letter names the sink's codec: pass --codec-id (1 bincode, 2 raw, or your codec's id)",
-            )
-        })?;
-    let had_segments: Vec<u64> = view.segments.iter().map(|s| s.first_seq).collect();
-    let tail_before = view.segments.last().map(|s| (s.first_seq, s.len));
-    drop(view);
-    let limits = RecoveryLimits {
-        codec_id,
-        segment_bytes: 64 << 20,
-        max_record_bytes: FRAME_PAYLOAD_LIMIT_BYTES,
-        preallocate: false,
-    };
-    let rec = recover(&storage, &dir, limits).map_err(|e| match e {
-        OpenError::Locked { dir } => Failure::new(
-            Exit::Locked,
-            format!(
-                "{} is locked by a live sink: stop it first (it repairs at open anyway)",
-                dir.display()
-            ),
-        ),
-        e => Failure::new(Exit::Unusable, e),
-    })?;
-    let r = &rec.report;
-    let mut changes = 0;
-    if r.truncated_bytes > 0 {
-        outln!(
-            "truncated a torn tail of {} bytes from the last segment",
-            r.truncated_bytes
-        );
-        changes += 1;
-    } else if let Some((first, len)) = tail_before
-        && let Ok(now) = std::fs::metadata(dir.join(segment_file_name(first)))
-        && now.len() < len
-    {
-        outln!(
-            "trimmed {} bytes of unused preallocated space (zeros) from {}",
-            len - now.len(),
-            segment_file_name(first)
-        );
-        changes += 1;
-    }
-    for q in &r.quarantined {
-        outln!("quarantined {}", q.display());
-        changes += 1;
-    }
-    if r.deleted_acked_segments > 0 {
-        outln!(
-            "deleted {} segments the durable cursor had passed",
-            r.deleted_acked_segments
-        );
-        changes += 1;
-    }
-    if r.cursor_reset {
-        outln!("the cursor was missing or unreadable: delivery will restart at the oldest segment");
-        changes += 1;
-    }
-    if !had_segments.contains(&rec.active_first_seq) {
-        outln!(
-            "created {} (empty) for the records from seq {} on",
-            segment_file_name(rec.active_first_seq),
-            rec.next_seq
-        );
-        changes += 1;
-    }
-    drop(rec);
-    summarize_repair(&dir, changes)?;
-    Ok(Exit::Done)
-}
-
-/// The state `repair` left, read back through the view.
-fn summarize_repair(dir: &Path, changes: usize) -> Result<(), Failure> {
-    let (_, view) = open_view(dir)?;
-    let acked = register_value(&view.cursor).unwrap_or(0);
-    let (stats, _) = walk(&view, false, acked, |_, _| true, |_| {})?;
-    let pending: u64 = stats.iter().map(|s| s.pending_records).sum();
-    outln!(
-        "repaired: {changes} changes; {} segments, acked seq {acked}, {pending} records to deliver",
-        stats.len()
-    );
-    note_damaged_frames(stats.iter().map(|s| s.damaged_frames).sum());
-    Ok(())
-}
-
-/// Says how many damaged frames stay in readable segments: open does not rewrite
-/// them (delivery skips and counts them), and they go with their segment once the
-/// cursor passes it.
-fn note_damaged_frames(damaged: u64) {
-    if damaged > 0 {
-        outln!(
-            "{damaged} damaged frames stay in place: delivery skips them (counted in corrupt_records_total), and they go with their segment once the cursor passes it"
-        );
-    }
-}
-
-/// Whether the file at `path` holds only zeros from `from` on (read in bounded chunks).
-fn zeros_from(path: &Path, from: u64) -> bool {
-    use std::os::unix::fs::FileExt;
-    let Ok(f) = std::fs::File::open(path) else {
-        return true;
-    };
-    let mut buf = vec![0u8; 64 << 10];
-    let mut at = from;
-    loop {
-        match f.read_at(&mut buf, at) {
-            Ok(0) | Err(_) => return true,
-            Ok(n) => {
-                if buf[..n].iter().any(|&b| b != 0) {
-                    return false;
-                }
-                at += n as u64;
-            }
-        }
-    }
-}
-
-/// What `repair` would do, from the view (nothing changes).
-fn repair_plan(view: &WalView) -> Result<Exit, Failure> {
-    let acked = register_value(&view.cursor).unwrap_or(0);
-    let mut actions = Vec::new();
-    // The torn tail, if any: (file, offset) from which the repair cuts.
-    let mut cut_from: Option<(String, u64)> = None;
-    for s in &view.segments {
-        let name = segment_file_name(s.first_seq);
-        match s.header {
-            HeaderStatus::Valid(h) if h.first_seq == s.first_seq => {}
-            HeaderStatus::Valid(_) => actions.push(format!(
-                "would quarantine {name} (its header names another first seq)"
-            )),
-            HeaderStatus::UnsupportedVersion(v) => actions.push(format!(
-                "would refuse: {name} has format version {v}, which this build does not read (exit 2, nothing changed)"
-            )),
-            HeaderStatus::Corrupt(_) => {
-                actions.push(format!("would quarantine {name} (unreadable header)"))
-            }
-        }
-    }
-    for (name, peek) in [("CURSOR", &view.cursor), ("SEQ_LEASE", &view.lease)] {
-        if matches!(peek, RegisterPeek::Unreadable) {
-            actions.push(format!("would quarantine {name} (no valid slot)"));
-        }
-    }
-    if let Some(last) = view
-        .segments
-        .iter()
-        .rev()
-        .find(|s| matches!(s.header, HeaderStatus::Valid(_)))
-    {
-        let end = match view.scan(last) {
-            Ok(Some(mut sc)) => loop {
-                match sc.next_step() {
-                    Ok(ScanStep::End { .. }) => break Some(sc.valid_end()),
-                    Ok(_) => {}
-                    Err(_) => break None,
-                }
-            },
-            _ => None,
-        };
-        // Past the last valid frame: zeros are the preallocated tail, kept; anything
-        // else is a torn write the next open truncates.
-        let path = view.dir().join(segment_file_name(last.first_seq));
-        if let Some(end) = end
-            && end < last.len
-        {
-            actions.push(if zeros_from(&path, end) {
-                format!(
-                    "would trim {} bytes of unused preallocated space (zeros) from {}",
-                    last.len - end,
-                    segment_file_name(last.first_seq)
-                )
-            } else {
-                cut_from = Some((segment_file_name(last.first_seq), end));
-                format!(
-                    "would truncate {} after its last valid frame, at offset {end}",
-                    segment_file_name(last.first_seq)
-                )
-            });
-        }
-    }
-    let passed = view
-        .segments
-        .windows(2)
-        .filter(|w| w[1].first_seq.saturating_sub(1) <= acked)
-        .count();
-    if passed > 0 {
-        actions.push(format!(
-            "would delete {passed} segments the cursor has passed (if the cursor is durable)"
-        ));
-    }
-    for a in &actions {
-        outln!("{a}");
-    }
-    outln!("dry run: {} actions, nothing changed", actions.len());
-    let (stats, problems) = walk(view, false, acked, |_, _| true, |_| {})?;
-    // Damage in the torn tail goes with the cut; the rest stays.
-    let in_tail = problems
-        .iter()
-        .filter(|p| {
-            cut_from
-                .as_ref()
-                .is_some_and(|(f, end)| p.file == *f && p.offset.is_some_and(|o| o >= *end))
-        })
-        .count() as u64;
-    let damaged: u64 = stats.iter().map(|s| s.damaged_frames).sum();
-    note_damaged_frames(damaged.saturating_sub(in_tail));
-    Ok(Exit::Done)
 }

@@ -47,14 +47,14 @@ impl DeadLetterReason {
         }
     }
 
-    fn code(self) -> u8 {
+    pub(crate) fn code(self) -> u8 {
         match self {
             Self::Rejected => 1,
             Self::Undecodable => 2,
         }
     }
 
-    fn from_code(code: u8) -> Option<Self> {
+    pub(crate) fn from_code(code: u8) -> Option<Self> {
         match code {
             1 => Some(Self::Rejected),
             2 => Some(Self::Undecodable),
@@ -103,14 +103,14 @@ pub(crate) struct EntryMeta {
     pub(crate) error: String,
 }
 
-fn to_millis(t: SystemTime) -> i64 {
+pub(crate) fn to_millis(t: SystemTime) -> i64 {
     match t.duration_since(UNIX_EPOCH) {
         Ok(d) => i64::try_from(d.as_millis()).unwrap_or(i64::MAX),
         Err(e) => i64::try_from(e.duration().as_millis()).map_or(i64::MIN, |m| -m),
     }
 }
 
-fn from_millis(ms: i64) -> SystemTime {
+pub(crate) fn from_millis(ms: i64) -> SystemTime {
     let d = Duration::from_millis(ms.unsigned_abs());
     let t = if ms >= 0 {
         UNIX_EPOCH.checked_add(d)

@@ -42,6 +42,8 @@ pub use entry::DeadLetterReason;
 pub(crate) use entry::EntryMeta;
 #[cfg(feature = "cli")]
 pub(crate) use entry::rfc3339;
+#[cfg(feature = "kafka")]
+pub(crate) use entry::to_millis as millis_since_epoch;
 pub(crate) use files::{Appended, DEAD_LETTER_DIR, StoreFiles, StoredEntry};
 
 /// What the sink does with a record the drain rejects permanently or that no longer
@@ -161,6 +163,47 @@ impl DeadLetter {
     /// The codec's error.
     pub fn decode_with<T: 'static>(&self, codec: &dyn Codec<T>) -> Result<T, CodecError> {
         codec.decode(&self.payload)
+    }
+}
+
+/// A dead letter is itself a record: a `DurableSink<DeadLetter>` carries dead letters to
+/// a dead-letter topic (see `KafkaDrain::dead_letters` with the `kafka` feature). The
+/// form is a tuple of its fields (times as milliseconds since the Unix epoch), stable
+/// under the sink's codec.
+impl Serialize for DeadLetter {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        (
+            self.seq,
+            self.reason.code(),
+            &self.error,
+            self.attempts,
+            entry::to_millis(self.first_failed_at),
+            entry::to_millis(self.dead_lettered_at),
+            self.codec_id,
+            &self.payload,
+        )
+            .serialize(s)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for DeadLetter {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        type Form = (u64, u8, String, u32, i64, i64, u32, Vec<u8>);
+        let (seq, reason, error, attempts, first, last, codec_id, payload) =
+            <Form as serde::Deserialize>::deserialize(d)?;
+        let reason = DeadLetterReason::from_code(reason).ok_or_else(|| {
+            <D::Error as serde::de::Error>::custom(format!("unknown dead-letter reason {reason}"))
+        })?;
+        Ok(Self {
+            seq,
+            reason,
+            error,
+            attempts,
+            first_failed_at: entry::from_millis(first),
+            dead_lettered_at: entry::from_millis(last),
+            codec_id,
+            payload,
+        })
     }
 }
 

@@ -64,6 +64,11 @@ pub(crate) struct WalView {
 impl WalView {
     /// Lists `dir` and reads every segment header and both registers. A segment that
     /// disappears between the listing and its read (deleted by a live sink) is left out.
+    /// The directory.
+    pub(crate) fn dir(&self) -> &Path {
+        &self.dir
+    }
+
     pub(crate) fn open(
         storage: Arc<dyn Storage>,
         dir: &Path,
@@ -116,11 +121,6 @@ impl WalView {
             quarantined,
             strays,
         })
-    }
-
-    /// The directory.
-    pub(crate) fn dir(&self) -> &Path {
-        &self.dir
     }
 
     /// A scanner over the frames of `segment` (read-only), bounded by the seq that

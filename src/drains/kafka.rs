@@ -1,0 +1,668 @@
+//! [`KafkaDrain`]: records to a Kafka topic through librdkafka (feature `kafka`).
+//!
+//! # Acknowledgement
+//!
+//! `write_batch` returns `Ok` only when the broker acknowledged every record of the
+//! batch. The producer is idempotent (`enable.idempotence=true`, hence `acks=all`), so
+//! librdkafka's own retries never duplicate or reorder a record within a partition.
+//! Every record carries its WAL seq in the header `walsink-seq` (decimal ASCII): after a
+//! crash the sink delivers again, with the same seqs, what its cursor had not passed,
+//! and a consumer deduplicates by that header.
+//!
+//! # Error classes
+//!
+//! Each failed delivery is classified by its librdkafka error code ([`ErrorClass`]):
+//!
+//! - **retryable** (timeouts, transport errors, queue full, leader changes, not enough
+//!   replicas, and any code not listed below): the batch comes again after backoff.
+//! - **permanent** for that record (too large, invalid or corrupt, invalid timestamp;
+//!   also a record whose payload, key and headers exceed `message.max.bytes`, checked
+//!   before producing): the sink bisects the batch down to that record and keeps it
+//!   as a dead letter.
+//! - **configuration** (unknown topic, topic or cluster authorization failed, invalid
+//!   acks, authentication): not the record's fault, so *retryable*, logged at `error`
+//!   and counted, never poison; a misconfigured ACL must not send the whole stream to
+//!   the dead-letter store.
+//! - **fatal** (librdkafka's fatal idempotence errors, a fenced producer): the producer
+//!   is rebuilt and the batch delivered again from the WAL.
+//!
+//! Records of a batch the broker already acknowledged are remembered (seqs, at most
+//! one batch's worth) and not produced again when the sink redelivers that batch or
+//! bisects it: a retry after a partial failure resends only what failed.
+//!
+//! # Metrics
+//!
+//! With [`KafkaDrainBuilder::metric_prefix`]: `{prefix}_kafka_delivery_seconds`
+//! (histogram, time from a batch's first produce to its last acknowledgement) and
+//! `{prefix}_kafka_errors_total{class="retryable|permanent|config|fatal"}`. The same
+//! counts are readable without a recorder through [`KafkaDrain::errors`].
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use rdkafka::ClientConfig;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
+use serde::Serialize;
+
+use crate::dead_letter::DeadLetter;
+use crate::drain::{Batch, DrainError, SinkDrain};
+
+/// The header holding a record's WAL seq, in decimal ASCII.
+pub const SEQ_HEADER: &str = "walsink-seq";
+
+/// Headers a [`KafkaDrain::dead_letters`] drain adds to each dead letter: the context
+/// the sink kept with it. Times are milliseconds since the Unix epoch, in decimal.
+pub mod dead_letter_headers {
+    /// The seq the record had in the WAL it failed in.
+    pub const ORIGINAL_SEQ: &str = "walsink-dlq-original-seq";
+    /// `rejected` (the drain refused it for good) or `undecodable`.
+    pub const REASON: &str = "walsink-dlq-reason";
+    /// The last error, as text.
+    pub const ERROR: &str = "walsink-dlq-error";
+    /// How many deliveries included it.
+    pub const ATTEMPTS: &str = "walsink-dlq-attempts";
+    /// When its first failure was seen.
+    pub const FIRST_FAILED_AT_MS: &str = "walsink-dlq-first-failed-at-ms";
+    /// When it was stored as a dead letter.
+    pub const DEAD_LETTERED_AT_MS: &str = "walsink-dlq-dead-lettered-at-ms";
+    /// The id of the codec that encoded the payload (1 bincode, 2 raw).
+    pub const CODEC_ID: &str = "walsink-dlq-codec-id";
+}
+
+/// librdkafka's default `message.max.bytes`.
+const DEFAULT_MESSAGE_MAX_BYTES: usize = 1_000_000;
+/// What a record costs on the wire besides payload, key and header bytes (record
+/// header, varints, batch share): a margin for the size check before producing.
+const RECORD_OVERHEAD_BYTES: usize = 128;
+/// How long to wait before producing again when librdkafka's local queue is full.
+const QUEUE_FULL_BACKOFF: Duration = Duration::from_millis(5);
+
+/// How a failed delivery is handled (see the module docs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ErrorClass {
+    /// Transient: deliver again after backoff.
+    Retryable,
+    /// The record will never be accepted: bisect, then keep it as a dead letter.
+    Permanent,
+    /// Topic, authorization or client configuration: retried, logged at `error`.
+    Config,
+    /// The idempotent producer is unusable: rebuilt, then retried.
+    Fatal,
+}
+
+impl ErrorClass {
+    /// The metric label: `retryable`, `permanent`, `config` or `fatal`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Retryable => "retryable",
+            Self::Permanent => "permanent",
+            Self::Config => "config",
+            Self::Fatal => "fatal",
+        }
+    }
+
+    /// The class of a librdkafka error code, after librdkafka's documentation of it.
+    pub fn of(code: RDKafkaErrorCode) -> Self {
+        use RDKafkaErrorCode as C;
+        match code {
+            C::MessageSizeTooLarge
+            | C::InvalidMessageSize
+            | C::InvalidMessage
+            | C::InvalidRecord
+            | C::InvalidTimestamp
+            | C::BadMessage
+            | C::MessageBatchTooLarge
+            | C::KeySerialization
+            | C::ValueSerialization => Self::Permanent,
+            C::UnknownTopicOrPartition
+            | C::UnknownTopic
+            | C::UnknownPartition
+            | C::InvalidTopic
+            | C::TopicAuthorizationFailed
+            | C::ClusterAuthorizationFailed
+            | C::TransactionalIdAuthorizationFailed
+            | C::InvalidRequiredAcks
+            | C::Authentication
+            | C::SaslAuthenticationFailed
+            | C::UnsupportedSASLMechanism
+            | C::IllegalSASLState
+            | C::SecurityDisabled
+            | C::SSL
+            | C::PolicyViolation
+            | C::InvalidConfig
+            | C::UnsupportedVersion
+            | C::UnsupportedForMessageFormat
+            | C::UnsupportedCompressionType
+            | C::NotConfigured => Self::Config,
+            C::Fatal
+            | C::Fenced
+            | C::ProducerFenced
+            | C::OutOfOrderSequenceNumber
+            | C::InvalidProducerEpoch
+            | C::InvalidProducerIdMapping
+            | C::UnknownProducerId => Self::Fatal,
+            _ => Self::Retryable,
+        }
+    }
+}
+
+/// Delivery errors by class since the drain was built.
+#[derive(Debug, Default)]
+struct ErrorCounters {
+    retryable: AtomicU64,
+    permanent: AtomicU64,
+    config: AtomicU64,
+    fatal: AtomicU64,
+    rebuilds: AtomicU64,
+}
+
+/// A snapshot of [`KafkaDrain::errors`]: failed deliveries by class, and producer
+/// rebuilds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct KafkaErrorCounts {
+    /// Retryable failures (records).
+    pub retryable: u64,
+    /// Records refused for good.
+    pub permanent: u64,
+    /// Configuration or authorization failures (records).
+    pub config: u64,
+    /// Fatal producer errors.
+    pub fatal: u64,
+    /// Producers rebuilt after a fatal error.
+    pub rebuilds: u64,
+}
+
+/// A cloneable view of a drain's error counters, usable after the drain moved into a
+/// sink.
+#[derive(Debug, Clone)]
+pub struct KafkaErrors(Arc<ErrorCounters>);
+
+impl KafkaErrors {
+    /// The counts now.
+    pub fn get(&self) -> KafkaErrorCounts {
+        let c = &self.0;
+        KafkaErrorCounts {
+            retryable: c.retryable.load(Ordering::Relaxed),
+            permanent: c.permanent.load(Ordering::Relaxed),
+            config: c.config.load(Ordering::Relaxed),
+            fatal: c.fatal.load(Ordering::Relaxed),
+            rebuilds: c.rebuilds.load(Ordering::Relaxed),
+        }
+    }
+}
+
+type PayloadFn<T> = Box<dyn Fn(&T) -> Result<Vec<u8>, String> + Send + Sync>;
+type KeyFn<T> = Box<dyn Fn(&T) -> Option<Vec<u8>> + Send + Sync>;
+type HeadersFn<T> = Box<dyn Fn(&T) -> Vec<(&'static str, Vec<u8>)> + Send + Sync>;
+
+/// Builds a [`KafkaDrain`]: brokers, topic, how a record becomes a Kafka message, and
+/// any librdkafka setting.
+pub struct KafkaDrainBuilder<T> {
+    config: ClientConfig,
+    topic: String,
+    payload: PayloadFn<T>,
+    key: Option<KeyFn<T>>,
+    headers: Option<HeadersFn<T>>,
+    metric_prefix: Option<String>,
+    close_timeout: Duration,
+}
+
+impl<T> std::fmt::Debug for KafkaDrainBuilder<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KafkaDrainBuilder")
+            .field("topic", &self.topic)
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<T> KafkaDrainBuilder<T> {
+    fn new(brokers: &str, topic: &str, payload: PayloadFn<T>) -> Self {
+        let mut config = ClientConfig::new();
+        config
+            .set("bootstrap.servers", brokers)
+            .set("enable.idempotence", "true")
+            .set("acks", "all");
+        Self {
+            config,
+            topic: topic.to_owned(),
+            payload,
+            key: None,
+            headers: None,
+            metric_prefix: None,
+            close_timeout: Duration::from_secs(5),
+        }
+    }
+
+    /// Any librdkafka producer setting (`linger.ms`, `compression.type` when built
+    /// in, `security.protocol`, `message.max.bytes`, ...), passed through unchanged.
+    /// `enable.idempotence` stays on: setting it to `false` is refused by `build`.
+    pub fn set(mut self, key: &str, value: &str) -> Self {
+        self.config.set(key, value);
+        self
+    }
+
+    /// The message key, taken from the record (default: none, so librdkafka's
+    /// partitioner spreads records; records with one key keep their order).
+    pub fn key(mut self, key: impl Fn(&T) -> Option<Vec<u8>> + Send + Sync + 'static) -> Self {
+        self.key = Some(Box::new(key));
+        self
+    }
+
+    /// Headers to add to each message, besides `walsink-seq`.
+    pub fn headers(
+        mut self,
+        headers: impl Fn(&T) -> Vec<(&'static str, Vec<u8>)> + Send + Sync + 'static,
+    ) -> Self {
+        self.headers = Some(Box::new(headers));
+        self
+    }
+
+    /// Publish `{prefix}_kafka_delivery_seconds` and `{prefix}_kafka_errors_total`
+    /// through the `metrics` facade (use the sink's `metric_prefix`).
+    pub fn metric_prefix(mut self, prefix: &str) -> Self {
+        self.metric_prefix = Some(prefix.to_owned());
+        self
+    }
+
+    /// How long `close()` waits for messages still in flight (default 5 s, the sink's
+    /// default `shutdown_timeout`): keep it within the sink's shutdown budget.
+    pub fn close_timeout(mut self, timeout: Duration) -> Self {
+        self.close_timeout = timeout;
+        self
+    }
+
+    /// Creates the producer. librdkafka connects in the background: a broker that is
+    /// down now shows as retryable delivery errors later, not here.
+    ///
+    /// # Errors
+    ///
+    /// An invalid librdkafka setting, `enable.idempotence=false`, or an `acks` other
+    /// than `all`/`-1`.
+    pub fn build(self) -> Result<KafkaDrain<T>, KafkaError> {
+        let refuse = |k: &str, v: &str, why: &str| {
+            Err(KafkaError::ClientCreation(format!("{k}={v}: {why}")))
+        };
+        if let Some(v) = self.config.get("enable.idempotence")
+            && v != "true"
+        {
+            return refuse(
+                "enable.idempotence",
+                v,
+                "KafkaDrain needs the idempotent producer",
+            );
+        }
+        if let Some(v) = self.config.get("acks")
+            && v != "all"
+            && v != "-1"
+        {
+            return refuse(
+                "acks",
+                v,
+                "KafkaDrain acknowledges only what all in-sync replicas have",
+            );
+        }
+        let message_max_bytes = self
+            .config
+            .get("message.max.bytes")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(DEFAULT_MESSAGE_MAX_BYTES);
+        let producer: FutureProducer = self.config.create()?;
+        let metrics = self.metric_prefix.as_deref().map(KafkaMetrics::new);
+        Ok(KafkaDrain {
+            producer,
+            config: self.config,
+            topic: self.topic,
+            payload: self.payload,
+            key: self.key,
+            headers: self.headers,
+            message_max_bytes,
+            close_timeout: self.close_timeout,
+            acked: BTreeSet::new(),
+            errors: Arc::new(ErrorCounters::default()),
+            metrics,
+        })
+    }
+}
+
+/// Metric handles, resolved once.
+struct KafkaMetrics {
+    delivery: metrics::Histogram,
+    errors: [metrics::Counter; 4],
+}
+
+impl KafkaMetrics {
+    fn new(prefix: &str) -> Self {
+        let delivery = format!("{prefix}_kafka_delivery_seconds");
+        let errors = format!("{prefix}_kafka_errors_total");
+        metrics::describe_histogram!(
+            delivery.clone(),
+            metrics::Unit::Seconds,
+            "Time from a batch's first produce to the broker's last acknowledgement"
+        );
+        metrics::describe_counter!(
+            errors.clone(),
+            "Kafka delivery failures by class (retryable, permanent, config, fatal)"
+        );
+        let class = |c: ErrorClass| metrics::counter!(errors.clone(), "class" => c.as_str());
+        Self {
+            delivery: metrics::histogram!(delivery),
+            errors: [
+                class(ErrorClass::Retryable),
+                class(ErrorClass::Permanent),
+                class(ErrorClass::Config),
+                class(ErrorClass::Fatal),
+            ],
+        }
+    }
+}
+
+/// Delivers records to one Kafka topic (see the [module docs](self)).
+///
+/// ```no_run
+/// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+/// use walsink::drains::KafkaDrain;
+/// use walsink::{DurableSink, SinkConfig};
+///
+/// #[derive(serde::Serialize, serde::Deserialize)]
+/// struct Order { id: u64, sku: String }
+///
+/// let drain = KafkaDrain::<Order>::json("kafka-1:9092,kafka-2:9092", "orders")
+///     .key(|o: &Order| Some(o.id.to_string().into_bytes()))
+///     .set("linger.ms", "5")
+///     .metric_prefix("walsink")
+///     .build()?;
+/// let shutdown = tokio_util::sync::CancellationToken::new();
+/// let (sink, handle) =
+///     DurableSink::open(SinkConfig::new("/var/lib/app/orders-wal"), drain, shutdown).await?;
+/// sink.try_push(Order { id: 1, sku: "A-1".into() })?;
+/// # Ok(()) }
+/// ```
+pub struct KafkaDrain<T> {
+    producer: FutureProducer,
+    config: ClientConfig,
+    topic: String,
+    payload: PayloadFn<T>,
+    key: Option<KeyFn<T>>,
+    headers: Option<HeadersFn<T>>,
+    message_max_bytes: usize,
+    close_timeout: Duration,
+    /// Seqs the broker acknowledged in a batch that did not succeed as a whole.
+    acked: BTreeSet<u64>,
+    errors: Arc<ErrorCounters>,
+    metrics: Option<KafkaMetrics>,
+}
+
+impl<T> std::fmt::Debug for KafkaDrain<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KafkaDrain")
+            .field("topic", &self.topic)
+            .field("message_max_bytes", &self.message_max_bytes)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<T: Serialize> KafkaDrain<T> {
+    /// A drain whose messages are the records as JSON (`serde_json`).
+    pub fn json(brokers: &str, topic: &str) -> KafkaDrainBuilder<T> {
+        KafkaDrainBuilder::new(
+            brokers,
+            topic,
+            Box::new(|r: &T| serde_json::to_vec(r).map_err(|e| e.to_string())),
+        )
+    }
+}
+
+impl<T> KafkaDrain<T> {
+    /// A drain whose messages are `payload(record)`.
+    pub fn builder(
+        brokers: &str,
+        topic: &str,
+        payload: impl Fn(&T) -> Vec<u8> + Send + Sync + 'static,
+    ) -> KafkaDrainBuilder<T> {
+        KafkaDrainBuilder::new(brokers, topic, Box::new(move |r: &T| Ok(payload(r))))
+    }
+
+    /// The drain's error counters, readable after it moved into a sink.
+    pub fn errors(&self) -> KafkaErrors {
+        KafkaErrors(Arc::clone(&self.errors))
+    }
+
+    fn count(&self, class: ErrorClass, n: u64) {
+        let c = &self.errors;
+        let (counter, i) = match class {
+            ErrorClass::Retryable => (&c.retryable, 0),
+            ErrorClass::Permanent => (&c.permanent, 1),
+            ErrorClass::Config => (&c.config, 2),
+            ErrorClass::Fatal => (&c.fatal, 3),
+        };
+        counter.fetch_add(n, Ordering::Relaxed);
+        if let Some(m) = &self.metrics {
+            m.errors[i].increment(n);
+        }
+    }
+
+    /// Replaces a producer librdkafka declared unusable (fatal idempotence error).
+    fn rebuild(&mut self, why: &str) -> Result<(), DrainError> {
+        tracing::error!(topic = %self.topic, error = why, "fatal Kafka producer error: rebuilding the producer; the batch is delivered again from the WAL");
+        self.count(ErrorClass::Fatal, 1);
+        let producer: FutureProducer = self
+            .config
+            .create()
+            .map_err(|e| DrainError::retryable(format!("rebuild the Kafka producer: {e}")))?;
+        self.producer = producer;
+        self.errors.rebuilds.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Turns a record into a message, checking its size against `message.max.bytes`.
+    /// Synchronous, so no reference to the record is held across an await (records
+    /// need not be `Sync`).
+    fn prepare(&self, seq: u64, record: &T) -> Result<Message, (ErrorClass, String)> {
+        let payload = (self.payload)(record)
+            .map_err(|e| (ErrorClass::Permanent, format!("seq {seq}: encode: {e}")))?;
+        let key = self.key.as_ref().and_then(|k| k(record));
+        let seq_text = seq.to_string();
+        let extra = self.headers.as_ref().map(|h| h(record)).unwrap_or_default();
+        let size = payload.len()
+            + key.as_ref().map_or(0, Vec::len)
+            + SEQ_HEADER.len()
+            + seq_text.len()
+            + extra.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>()
+            + RECORD_OVERHEAD_BYTES;
+        if size > self.message_max_bytes {
+            return Err((
+                ErrorClass::Permanent,
+                format!(
+                    "seq {seq}: {size} bytes with key and headers, above message.max.bytes ({})",
+                    self.message_max_bytes
+                ),
+            ));
+        }
+        let mut headers = OwnedHeaders::new_with_capacity(1 + extra.len()).insert(Header {
+            key: SEQ_HEADER,
+            value: Some(seq_text.as_bytes()),
+        });
+        for (k, v) in &extra {
+            headers = headers.insert(Header {
+                key: k,
+                value: Some(v.as_slice()),
+            });
+        }
+        Ok(Message {
+            seq,
+            payload,
+            key,
+            headers,
+        })
+    }
+
+    /// Hands a message to librdkafka, waiting while its local queue is full.
+    async fn produce(&self, m: Message) -> Result<DeliveryFuture, (ErrorClass, String)> {
+        let seq = m.seq;
+        let mut rec = FutureRecord::<[u8], [u8]>::to(&self.topic)
+            .payload(&m.payload)
+            .headers(m.headers);
+        if let Some(k) = &m.key {
+            rec = rec.key(k.as_slice());
+        }
+        loop {
+            match self.producer.send_result(rec) {
+                Ok(f) => return Ok(f),
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                    rec = back;
+                    tokio::time::sleep(QUEUE_FULL_BACKOFF).await;
+                }
+                Err((e, _)) => {
+                    let class = e
+                        .rdkafka_error_code()
+                        .map_or(ErrorClass::Retryable, ErrorClass::of);
+                    return Err((class, format!("seq {seq}: produce: {e}")));
+                }
+            }
+        }
+    }
+}
+
+/// A record made into a Kafka message.
+struct Message {
+    seq: u64,
+    payload: Vec<u8>,
+    key: Option<Vec<u8>>,
+    headers: OwnedHeaders,
+}
+
+impl KafkaDrain<DeadLetter> {
+    /// A drain for dead letters (a `DurableSink<DeadLetter>`), to a dead-letter topic:
+    /// the message is the record's payload exactly as the WAL held it, keyed by its
+    /// original seq, with its context as headers ([`dead_letter_headers`]).
+    pub fn dead_letters(brokers: &str, topic: &str) -> KafkaDrainBuilder<DeadLetter> {
+        use dead_letter_headers as h;
+        KafkaDrain::builder(brokers, topic, |d: &DeadLetter| d.payload().to_vec())
+            .key(|d: &DeadLetter| Some(d.seq().to_string().into_bytes()))
+            .headers(|d: &DeadLetter| {
+                let ms = |t: std::time::SystemTime| {
+                    crate::dead_letter::millis_since_epoch(t)
+                        .to_string()
+                        .into_bytes()
+                };
+                vec![
+                    (h::ORIGINAL_SEQ, d.seq().to_string().into_bytes()),
+                    (h::REASON, d.reason().as_str().as_bytes().to_vec()),
+                    (h::ERROR, d.error().as_bytes().to_vec()),
+                    (h::ATTEMPTS, d.attempts().to_string().into_bytes()),
+                    (h::FIRST_FAILED_AT_MS, ms(d.first_failed_at())),
+                    (h::DEAD_LETTERED_AT_MS, ms(d.dead_lettered_at())),
+                    (h::CODEC_ID, d.codec_id().to_string().into_bytes()),
+                ]
+            })
+    }
+}
+
+impl<T: Send + 'static> SinkDrain<T> for KafkaDrain<T> {
+    async fn write_batch(&mut self, batch: Batch<T>) -> Result<(), DrainError> {
+        if let Some((code, why)) = self.producer.client().fatal_error() {
+            self.rebuild(&format!("{code}: {why}"))?;
+        }
+        // Acknowledgements older than this batch belong to batches the sink has since
+        // moved past.
+        if let Some(first) = batch.first_seq() {
+            self.acked = self.acked.split_off(&first);
+        }
+        let started = Instant::now();
+        let mut in_flight = Vec::with_capacity(batch.len());
+        let mut failures: Vec<(ErrorClass, String)> = Vec::new();
+        let (seqs, items) = (batch.seqs().to_vec(), batch.into_items());
+        for (i, &seq) in seqs.iter().enumerate() {
+            if self.acked.contains(&seq) {
+                continue;
+            }
+            let Some(record) = items.get(i) else { break };
+            let message = match self.prepare(seq, record) {
+                Ok(m) => m,
+                Err(failure) => {
+                    failures.push(failure);
+                    break;
+                }
+            };
+            match self.produce(message).await {
+                Ok(f) => in_flight.push((seq, f)),
+                Err(failure) => {
+                    // Stop producing; still collect what is in flight.
+                    failures.push(failure);
+                    break;
+                }
+            }
+        }
+        for (seq, delivery) in in_flight {
+            match delivery.await {
+                Ok(Ok(_)) => {
+                    self.acked.insert(seq);
+                }
+                Ok(Err((e, _))) => {
+                    let class = e
+                        .rdkafka_error_code()
+                        .map_or(ErrorClass::Retryable, ErrorClass::of);
+                    failures.push((class, format!("seq {seq}: {e}")));
+                }
+                Err(_) => failures.push((
+                    ErrorClass::Retryable,
+                    format!("seq {seq}: the producer dropped the delivery report"),
+                )),
+            }
+        }
+        if failures.is_empty() {
+            if let Some(m) = &self.metrics {
+                m.delivery.record(started.elapsed().as_secs_f64());
+            }
+            self.acked.clear();
+            return Ok(());
+        }
+        for class in [
+            ErrorClass::Retryable,
+            ErrorClass::Permanent,
+            ErrorClass::Config,
+            ErrorClass::Fatal,
+        ] {
+            let n = failures.iter().filter(|(c, _)| *c == class).count() as u64;
+            if n > 0 && class != ErrorClass::Fatal {
+                self.count(class, n);
+            }
+        }
+        let first = |class: ErrorClass| failures.iter().find(|(c, _)| *c == class);
+        if let Some((_, why)) = first(ErrorClass::Fatal) {
+            let why = why.clone();
+            self.rebuild(&why)?;
+            return Err(DrainError::retryable(why));
+        }
+        if let Some((_, why)) = first(ErrorClass::Config) {
+            tracing::error!(topic = %self.topic, error = %why, "Kafka refused the batch for a configuration or authorization reason: retrying, not dead-lettering; fix the topic, ACLs or settings");
+            return Err(DrainError::retryable(why.clone()));
+        }
+        if let Some((_, why)) = first(ErrorClass::Retryable) {
+            return Err(DrainError::retryable(why.clone()));
+        }
+        // Only permanent failures: the sink bisects down to the record.
+        let why = failures.first().map(|(_, w)| w.clone()).unwrap_or_default();
+        Err(DrainError::permanent(why))
+    }
+
+    async fn close(&mut self) -> Result<(), DrainError> {
+        let producer = self.producer.clone();
+        let timeout = self.close_timeout;
+        // flush blocks its thread: keep it off the runtime's workers.
+        tokio::task::spawn_blocking(move || producer.flush(timeout))
+            .await
+            .map_err(|e| DrainError::retryable(format!("flush task: {e}")))?
+            .map_err(|e| DrainError::retryable(format!("flush the Kafka producer: {e}")))
+    }
+}
+
+#[cfg(test)]
+mod tests;
