@@ -42,9 +42,19 @@ async fn sink_with_backlog(dir: &Path) -> (DurableSink<u64>, SinkHandle) {
     sink.flush().await.expect("flush");
     drop(sink);
     handle.join().await.expect("join");
-    let (sink, handle) = DurableSink::<u64>::open(cfg, Stuck, CancellationToken::new())
-        .await
-        .expect("open");
+    // Other tests here spawn processes: a child forked while the first sink still
+    // held the lock keeps the lock's file description until it execs, for a moment
+    // after the first sink let go. Bounded retry on that.
+    let mut tries = 0;
+    let (sink, handle) = loop {
+        match DurableSink::<u64>::open(cfg.clone(), Stuck, CancellationToken::new()).await {
+            Err(walsink::OpenError::Locked { .. }) if tries < 100 => {
+                tries += 1;
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
+            r => break r.expect("open"),
+        }
+    };
     for v in 100..300u64 {
         sink.push(v).await.expect("push");
     }

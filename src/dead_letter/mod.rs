@@ -624,3 +624,46 @@ async fn blocking<R: Send + 'static>(
         .await
         .map_err(|e| DeadLetterError::Io(Arc::new(io::Error::other(e.to_string()))))
 }
+
+#[cfg(test)]
+mod serde_tests {
+    use std::time::{Duration, UNIX_EPOCH};
+
+    use super::*;
+    use crate::codec::{BincodeCodec, Codec};
+
+    #[test]
+    fn a_dead_letter_is_a_record_the_sink_codec_round_trips() {
+        for (reason, payload) in [
+            (DeadLetterReason::Rejected, vec![1, 2, 3]),
+            (DeadLetterReason::Undecodable, Vec::new()),
+        ] {
+            let l = DeadLetter::new(files::StoredEntry {
+                meta: entry::EntryMeta {
+                    reason,
+                    attempts: 7,
+                    seq: 42,
+                    first_failed_at: UNIX_EPOCH + Duration::from_millis(1_700_000_000_123),
+                    dead_lettered_at: UNIX_EPOCH + Duration::from_millis(1_700_000_000_456),
+                    error: "permanent drain error: no".into(),
+                },
+                payload,
+                codec_id: 1,
+            });
+            let mut bytes = Vec::new();
+            Codec::<DeadLetter>::encode(&BincodeCodec, &l, &mut bytes).expect("encode");
+            let back: DeadLetter =
+                Codec::<DeadLetter>::decode(&BincodeCodec, &bytes).expect("decode");
+            assert_eq!(back, l);
+        }
+        // An unknown reason code is an error, not a panic.
+        let mut bad = Vec::new();
+        Codec::<(u64, u8, String, u32, i64, i64, u32, Vec<u8>)>::encode(
+            &BincodeCodec,
+            &(1, 99, String::new(), 0, 0, 0, 1, Vec::new()),
+            &mut bad,
+        )
+        .expect("encode");
+        assert!(Codec::<DeadLetter>::decode(&BincodeCodec, &bad).is_err());
+    }
+}

@@ -24,7 +24,13 @@
 //!   and counted, never poison; a misconfigured ACL must not send the whole stream to
 //!   the dead-letter store.
 //! - **fatal** (librdkafka's fatal idempotence errors, a fenced producer): the producer
-//!   is rebuilt and the batch delivered again from the WAL.
+//!   is rebuilt and the batch delivered again from the WAL. After
+//!   `REBUILD_AFTER_FAILED_BATCHES` (5) failed batches in a row it is rebuilt too: a
+//!   broker that restarted without the idempotent producer's state can otherwise time
+//!   out every message for good (seen with tansu 0.6 in `tests/kafka_broker.rs`).
+//!
+//! After a failure, a record can reach the topic after later ones, or twice; the
+//! `walsink-seq` header orders and deduplicates them.
 //!
 //! Records of a batch the broker already acknowledged are remembered (seqs, at most
 //! one batch's worth) and not produced again when the sink redelivers that batch or
@@ -78,6 +84,11 @@ const DEFAULT_MESSAGE_MAX_BYTES: usize = 1_000_000;
 /// What a record costs on the wire besides payload, key and header bytes (record
 /// header, varints, batch share): a margin for the size check before producing.
 const RECORD_OVERHEAD_BYTES: usize = 128;
+/// Failed batches in a row after which the producer is rebuilt even without a fatal
+/// error: a producer whose broker came back without its state (a restarted broker
+/// that lost the idempotent producer's id) can time out every message for good, and
+/// a new producer (new id, new connections) is cheap next to a stalled stream.
+const REBUILD_AFTER_FAILED_BATCHES: u32 = 5;
 /// How long to wait before producing again when librdkafka's local queue is full.
 const QUEUE_FULL_BACKOFF: Duration = Duration::from_millis(5);
 
@@ -325,6 +336,7 @@ impl<T> KafkaDrainBuilder<T> {
             message_max_bytes,
             close_timeout: self.close_timeout,
             acked: BTreeSet::new(),
+            failed_in_a_row: 0,
             errors: Arc::new(ErrorCounters::default()),
             metrics,
         })
@@ -366,7 +378,8 @@ impl KafkaMetrics {
 /// Delivers records to one Kafka topic (see the [module docs](self)).
 ///
 /// ```no_run
-/// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
 /// use walsink::drains::KafkaDrain;
 /// use walsink::{DurableSink, SinkConfig};
 ///
@@ -382,6 +395,8 @@ impl KafkaMetrics {
 /// let (sink, handle) =
 ///     DurableSink::open(SinkConfig::new("/var/lib/app/orders-wal"), drain, shutdown).await?;
 /// sink.try_push(Order { id: 1, sku: "A-1".into() })?;
+/// drop(sink);
+/// handle.join().await?; // the producer flushed within its close timeout
 /// # Ok(()) }
 /// ```
 pub struct KafkaDrain<T> {
@@ -395,6 +410,8 @@ pub struct KafkaDrain<T> {
     close_timeout: Duration,
     /// Seqs the broker acknowledged in a batch that did not succeed as a whole.
     acked: BTreeSet<u64>,
+    /// Batches in a row that failed (retryable or configuration errors).
+    failed_in_a_row: u32,
     errors: Arc<ErrorCounters>,
     metrics: Option<KafkaMetrics>,
 }
@@ -448,10 +465,16 @@ impl<T> KafkaDrain<T> {
         }
     }
 
-    /// Replaces a producer librdkafka declared unusable (fatal idempotence error).
-    fn rebuild(&mut self, why: &str) -> Result<(), DrainError> {
-        tracing::error!(topic = %self.topic, error = why, "fatal Kafka producer error: rebuilding the producer; the batch is delivered again from the WAL");
-        self.count(ErrorClass::Fatal, 1);
+    /// Replaces a producer librdkafka declared unusable (fatal idempotence error), or
+    /// one that failed `REBUILD_AFTER_FAILED_BATCHES` batches in a row.
+    fn rebuild(&mut self, why: &str, fatal: bool) -> Result<(), DrainError> {
+        if fatal {
+            tracing::error!(topic = %self.topic, error = why, "fatal Kafka producer error: rebuilding the producer; the batch is delivered again from the WAL");
+            self.count(ErrorClass::Fatal, 1);
+        } else {
+            tracing::warn!(topic = %self.topic, error = why, "Kafka deliveries failed {REBUILD_AFTER_FAILED_BATCHES} batches in a row: rebuilding the producer");
+        }
+        self.failed_in_a_row = 0;
         let producer: FutureProducer = self
             .config
             .create()
@@ -568,7 +591,7 @@ impl KafkaDrain<DeadLetter> {
 impl<T: Send + 'static> SinkDrain<T> for KafkaDrain<T> {
     async fn write_batch(&mut self, batch: Batch<T>) -> Result<(), DrainError> {
         if let Some((code, why)) = self.producer.client().fatal_error() {
-            self.rebuild(&format!("{code}: {why}"))?;
+            self.rebuild(&format!("{code}: {why}"), true)?;
         }
         // Acknowledgements older than this batch belong to batches the sink has since
         // moved past.
@@ -618,10 +641,14 @@ impl<T: Send + 'static> SinkDrain<T> for KafkaDrain<T> {
             }
         }
         if failures.is_empty() {
+            self.failed_in_a_row = 0;
             if let Some(m) = &self.metrics {
                 m.delivery.record(started.elapsed().as_secs_f64());
             }
-            self.acked.clear();
+            // Keep what a bisection's later halves will still need.
+            if let Some(last) = seqs.last() {
+                self.acked = self.acked.split_off(&last.saturating_add(1));
+            }
             return Ok(());
         }
         for class in [
@@ -638,9 +665,17 @@ impl<T: Send + 'static> SinkDrain<T> for KafkaDrain<T> {
         let first = |class: ErrorClass| failures.iter().find(|(c, _)| *c == class);
         if let Some((_, why)) = first(ErrorClass::Fatal) {
             let why = why.clone();
-            self.rebuild(&why)?;
+            self.rebuild(&why, true)?;
             return Err(DrainError::retryable(why));
         }
+        if first(ErrorClass::Permanent).is_none() || first(ErrorClass::Retryable).is_some() {
+            self.failed_in_a_row += 1;
+        }
+        if self.failed_in_a_row >= REBUILD_AFTER_FAILED_BATCHES {
+            let why = failures.first().map(|(_, w)| w.clone()).unwrap_or_default();
+            self.rebuild(&why, false)?;
+        }
+        let first = |class: ErrorClass| failures.iter().find(|(c, _)| *c == class);
         if let Some((_, why)) = first(ErrorClass::Config) {
             tracing::error!(topic = %self.topic, error = %why, "Kafka refused the batch for a configuration or authorization reason: retrying, not dead-lettering; fix the topic, ACLs or settings");
             return Err(DrainError::retryable(why.clone()));

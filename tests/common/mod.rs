@@ -1,6 +1,9 @@
 //! Drains and helpers shared by the scenario tests.
 #![allow(dead_code, unreachable_pub, missing_docs)]
 
+#[cfg(feature = "kafka")]
+pub mod kafka;
+
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};

@@ -1,1 +1,64 @@
+use super::*;
 
+#[test]
+fn error_classes_follow_librdkafkas_documentation() {
+    use RDKafkaErrorCode as C;
+    for code in [
+        C::RequestTimedOut,
+        C::MessageTimedOut,
+        C::BrokerTransportFailure,
+        C::AllBrokersDown,
+        C::QueueFull,
+        C::NotLeaderForPartition,
+        C::LeaderNotAvailable,
+        C::NotEnoughReplicas,
+        C::NotEnoughReplicasAfterAppend,
+        C::NetworkException,
+        C::OperationTimedOut,
+        C::ThrottlingQuotaExceeded,
+        C::Unknown,
+    ] {
+        assert_eq!(ErrorClass::of(code), ErrorClass::Retryable, "{code:?}");
+    }
+    for code in [
+        C::MessageSizeTooLarge,
+        C::InvalidMessageSize,
+        C::InvalidMessage,
+        C::InvalidRecord,
+        C::InvalidTimestamp,
+    ] {
+        assert_eq!(ErrorClass::of(code), ErrorClass::Permanent, "{code:?}");
+    }
+    for code in [
+        C::UnknownTopicOrPartition,
+        C::UnknownTopic,
+        C::TopicAuthorizationFailed,
+        C::ClusterAuthorizationFailed,
+        C::InvalidRequiredAcks,
+        C::SaslAuthenticationFailed,
+    ] {
+        assert_eq!(ErrorClass::of(code), ErrorClass::Config, "{code:?}");
+    }
+    for code in [
+        C::Fatal,
+        C::OutOfOrderSequenceNumber,
+        C::InvalidProducerEpoch,
+        C::ProducerFenced,
+    ] {
+        assert_eq!(ErrorClass::of(code), ErrorClass::Fatal, "{code:?}");
+    }
+}
+
+#[test]
+fn build_refuses_to_turn_idempotence_or_acks_down() {
+    let d = KafkaDrain::<u64>::json("127.0.0.1:1", "t")
+        .set("enable.idempotence", "false")
+        .build();
+    assert!(d.is_err());
+    let d = KafkaDrain::<u64>::json("127.0.0.1:1", "t")
+        .set("acks", "1")
+        .build();
+    assert!(d.is_err());
+    let d = KafkaDrain::<u64>::json("127.0.0.1:1", "t").build();
+    assert!(d.is_ok());
+}
