@@ -94,9 +94,7 @@ impl<T: Serialize + DeserializeOwned + Send + 'static> Codec<T> for BincodeCodec
                 .map(|b| *b)
                 .map_err(|_| CodecError::new("type mismatch"));
         }
-        let (value, used) =
-            bincode::serde::decode_from_slice::<T, _>(bytes, bincode::config::standard())
-                .map_err(CodecError::new)?;
+        let (value, used) = decode_bounded::<T>(bytes).map_err(CodecError::new)?;
         if used != bytes.len() {
             return Err(CodecError::new(format!(
                 "{} trailing bytes after the record",
@@ -104,6 +102,46 @@ impl<T: Serialize + DeserializeOwned + Send + 'static> Codec<T> for BincodeCodec
             )));
         }
         Ok(value)
+    }
+}
+
+/// How much memory a record's decode may claim, per byte of the record: bincode claims
+/// a container's length times its element's in-memory size before reading it (24 for
+/// a `String`, 8 for a varint `u64` of one byte). Generous for real records; a length
+/// that no record of this size could hold is refused instead of allocated.
+const DECODE_CLAIM_PER_BYTE: usize = 64;
+
+/// bincode's standard decode with a limit on what lengths may claim. Without one, a
+/// record whose bytes read as a huge length (written by another version of the type,
+/// or forged with a valid checksum) makes bincode allocate that length: the process
+/// aborts, and the replay after the restart aborts again. With it, the record fails
+/// to decode (a dead letter) and the sink goes on. The limit is a const generic, so
+/// it is picked from steps of 4x: at most 4x above what the record's size needs.
+fn decode_bounded<T: DeserializeOwned>(
+    bytes: &[u8],
+) -> Result<(T, usize), bincode::error::DecodeError> {
+    use bincode::config::standard;
+    use bincode::serde::decode_from_slice as decode;
+    let need = bytes.len().saturating_mul(DECODE_CLAIM_PER_BYTE);
+    const MIB: usize = 1 << 20;
+    if need <= MIB {
+        decode(bytes, standard().with_limit::<MIB>())
+    } else if need <= 4 * MIB {
+        decode(bytes, standard().with_limit::<{ 4 * MIB }>())
+    } else if need <= 16 * MIB {
+        decode(bytes, standard().with_limit::<{ 16 * MIB }>())
+    } else if need <= 64 * MIB {
+        decode(bytes, standard().with_limit::<{ 64 * MIB }>())
+    } else if need <= 256 * MIB {
+        decode(bytes, standard().with_limit::<{ 256 * MIB }>())
+    } else if need <= 1024 * MIB {
+        decode(bytes, standard().with_limit::<{ 1024 * MIB }>())
+    } else if need <= 4096 * MIB {
+        decode(bytes, standard().with_limit::<{ 4096 * MIB }>())
+    } else if need <= 16384 * MIB {
+        decode(bytes, standard().with_limit::<{ 16384 * MIB }>())
+    } else {
+        decode(bytes, standard().with_limit::<{ 65536 * MIB }>())
     }
 }
 

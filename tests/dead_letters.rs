@@ -314,3 +314,58 @@ async fn a_redrive_the_drain_rejects_again_ends_and_keeps_the_record_under_its_n
     handle.join().await?;
     Ok(())
 }
+
+/// A schema change: records written as one type are read as another whose decode sees
+/// a huge length. Each such record becomes an undecodable dead letter; the sink neither
+/// allocates that length (an abort, again at every replay) nor stops.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_of_an_older_type_that_read_as_huge_lengths_are_dead_letters_not_aborts()
+-> Result<(), Box<dyn std::error::Error>> {
+    let tmp = tempfile::tempdir()?;
+    let cfg = small_config(tmp.path());
+    let mut stuck = cfg.clone();
+    stuck.shutdown_timeout = std::time::Duration::from_millis(50);
+    let (sink, handle) = DurableSink::<u64>::open(stuck, Stuck, CancellationToken::new()).await?;
+    // As bincode varints these start with the u64 marker: read as a String's length,
+    // 2^62 and u64::MAX bytes.
+    for v in [1u64 << 62, u64::MAX, 5] {
+        sink.push(v).await?;
+    }
+    sink.sync().await?;
+    drop(sink);
+    handle.join().await?;
+
+    let got = Arc::new(std::sync::Mutex::new(Vec::new()));
+    struct Strings(Arc<std::sync::Mutex<Vec<String>>>);
+    impl SinkDrain<String> for Strings {
+        async fn write_batch(&mut self, b: Batch<String>) -> Result<(), DrainError> {
+            self.0
+                .lock()
+                .map_err(|e| DrainError::retryable(e.to_string()))?
+                .extend(b.into_items());
+            Ok(())
+        }
+    }
+    let (sink, handle) =
+        DurableSink::<String>::open(cfg, Strings(got.clone()), CancellationToken::new()).await?;
+    sink.flush().await?;
+    let dl = sink.dead_letters().list(0, 10).await?;
+    assert_eq!(
+        dl.iter().map(|d| (d.seq(), d.reason())).collect::<Vec<_>>(),
+        vec![
+            (1, DeadLetterReason::Undecodable),
+            (2, DeadLetterReason::Undecodable),
+            (3, DeadLetterReason::Undecodable),
+        ],
+        "5 reads as a length with no bytes behind it: undecodable too"
+    );
+    assert_eq!(
+        dl[0].decode::<u64>()?,
+        1 << 62,
+        "the bytes are kept as written"
+    );
+    drop(sink);
+    handle.join().await?;
+    assert!(got.lock().map_err(|e| e.to_string())?.is_empty());
+    Ok(())
+}
