@@ -17,41 +17,19 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::kafka::{Got, create_topic, read_topic_until, real_brokers};
+use common::kafka::{
+    Event, Got, create_topic, event, ids_and_seqs, kafka_sink_config, read_topic_until,
+    real_brokers,
+};
 use common::{child_command, child_runtime};
-use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
+use walsink::DurableSink;
 use walsink::drains::KafkaDrain;
-use walsink::{DurableSink, RetryPolicy, SinkConfig};
 
 const READ_WITHIN: Duration = Duration::from_secs(60);
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-struct Event {
-    id: u64,
-    body: String,
-}
-
-fn event(id: u64) -> Event {
-    Event {
-        id,
-        body: format!(
-            "event {id}: customer {:05} payment gateway timeout",
-            id % 7919
-        ),
-    }
-}
-
-fn config(dir: &Path) -> SinkConfig {
-    SinkConfig {
-        batch_size: 256,
-        retry: RetryPolicy {
-            initial_delay: Duration::from_millis(10),
-            max_delay: Duration::from_millis(200),
-            multiplier: 2.0,
-        },
-        ..SinkConfig::new(dir)
-    }
+fn config(dir: &Path) -> walsink::SinkConfig {
+    kafka_sink_config(dir, 256)
 }
 
 fn drain(brokers: &str, topic: &str) -> KafkaDrain<Event> {
@@ -72,21 +50,13 @@ fn unique_topic(name: &str) -> String {
 
 /// Reads `topic` until every id in `ids` arrived (and a quiet second after).
 fn read_ids(brokers: &str, topic: &str, partitions: i32, ids: std::ops::Range<u64>) -> Vec<Got> {
-    read_topic_until(brokers, topic, partitions, READ_WITHIN, |got| {
-        let seen: std::collections::BTreeSet<u64> =
-            ids_and_seqs(got).iter().map(|&(id, _)| id).collect();
-        ids.clone().all(|id| seen.contains(&id))
+    let mut missing: std::collections::BTreeSet<u64> = ids.collect();
+    read_topic_until(brokers, topic, partitions, READ_WITHIN, move |g| {
+        if let Some(&(id, _)) = ids_and_seqs(std::slice::from_ref(g)).first() {
+            missing.remove(&id);
+        }
+        missing.is_empty()
     })
-}
-
-/// `(id, seq)` of every message read back.
-fn ids_and_seqs(got: &[Got]) -> Vec<(u64, u64)> {
-    got.iter()
-        .map(|g| {
-            let e: Event = serde_json::from_slice(&g.payload).expect("json payload");
-            (e.id, g.seq())
-        })
-        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -248,6 +218,27 @@ async fn a_broker_killed_mid_stream_gets_everything_pushed_during_the_outage() {
     );
 }
 
+/// The KafkaDrain, announcing on stdout each batch it is handed (`batch <first seq>`)
+/// before producing it, so the parent can kill the process while one is in flight.
+struct Announce(KafkaDrain<Event>);
+
+impl walsink::SinkDrain<Event> for Announce {
+    async fn write_batch(
+        &mut self,
+        batch: walsink::Batch<Event>,
+    ) -> Result<(), walsink::DrainError> {
+        use std::io::Write;
+        let mut out = std::io::stdout();
+        let _ = writeln!(out, "batch {}", batch.first_seq().unwrap_or(0));
+        let _ = out.flush();
+        self.0.write_batch(batch).await
+    }
+
+    async fn close(&mut self) -> Result<(), walsink::DrainError> {
+        self.0.close().await
+    }
+}
+
 /// Child process: pushes `WALSINK_CHILD_RECORDS` records (ids from 0) into the sink
 /// on `WALSINK_CHILD_DIR`, syncing every 100 and printing `durable <id>`; then waits
 /// for the broker's acknowledgements and exits.
@@ -262,11 +253,11 @@ fn kafka_producer_child_entry() -> Result<(), Box<dyn std::error::Error>> {
     child_runtime()?.block_on(async move {
         let (sink, handle) = DurableSink::open(
             config(Path::new(&dir)),
-            drain(&brokers, &topic),
+            Announce(drain(&brokers, &topic)),
             CancellationToken::new(),
         )
         .await?;
-        let mut out = std::io::stdout().lock();
+        let mut out = std::io::stdout();
         for id in 0..records {
             sink.push(event(id)).await?;
             if (id + 1) % 100 == 0 {
@@ -302,6 +293,9 @@ async fn kill_9_of_the_producer_mid_batch_loses_no_confirmed_record() {
     };
     let mut child = run(20_000);
     let stdout = child.stdout.take().expect("stdout");
+    // Kill right after the drain was handed a batch, once 4 000 records were
+    // confirmed durable: the batch is being produced, its acknowledgement not yet
+    // known to the sink.
     let mut confirmed = None;
     for line in BufReader::new(stdout).lines() {
         let line = line.expect("line");
@@ -310,9 +304,9 @@ async fn kill_9_of_the_producer_mid_batch_loses_no_confirmed_record() {
             .and_then(|s| s.parse::<u64>().ok())
         {
             confirmed = Some(id);
-            if id >= 3_999 {
-                break;
-            }
+        }
+        if line.starts_with("batch ") && confirmed.is_some_and(|c| c >= 3_999) {
+            break;
         }
     }
     child.kill().expect("SIGKILL");

@@ -9,41 +9,20 @@ mod common;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use common::kafka::{Got, read_topic};
+use common::kafka::{Event, Got, event, ids_and_seqs, kafka_sink_config, read_topic};
 use rdkafka::bindings::rd_kafka_resp_err_t as RespErr;
 use rdkafka::mocking::MockCluster;
+use rdkafka::producer::DefaultProducerContext;
 use rdkafka::types::RDKafkaApiKey;
-use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 use walsink::drains::KafkaDrain;
 use walsink::drains::kafka::dead_letter_headers as dlq;
-use walsink::{DeadLetter, DurableSink, RetryPolicy, SinkConfig};
+use walsink::{DeadLetter, DeadLetterStore, DurableSink};
 
 const READ_WITHIN: Duration = Duration::from_secs(30);
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-struct Event {
-    id: u64,
-    body: String,
-}
-
-fn event(id: u64) -> Event {
-    Event {
-        id,
-        body: format!("event {id}"),
-    }
-}
-
-fn config(dir: &std::path::Path) -> SinkConfig {
-    SinkConfig {
-        batch_size: 64,
-        retry: RetryPolicy {
-            initial_delay: Duration::from_millis(5),
-            max_delay: Duration::from_millis(50),
-            multiplier: 2.0,
-        },
-        ..SinkConfig::new(dir)
-    }
+fn config(dir: &std::path::Path) -> walsink::SinkConfig {
+    kafka_sink_config(dir, 64)
 }
 
 /// A drain to `topic` on the mock cluster, keyed by id (so order per key is order
@@ -56,22 +35,46 @@ fn drain(brokers: &str, topic: &str) -> walsink::drains::kafka::KafkaDrainBuilde
         .set("message.timeout.ms", "2000")
 }
 
-fn events_of(got: &[Got]) -> Vec<(Event, u64)> {
-    got.iter()
-        .map(|g| {
-            let e: Event = serde_json::from_slice(&g.payload).expect("json payload");
-            (e, g.seq())
-        })
-        .collect()
+/// A mock cluster of `brokers` brokers with `topics` (name, partitions) created.
+fn cluster(
+    brokers: i32,
+    topics: &[(&str, i32)],
+) -> (MockCluster<'static, DefaultProducerContext>, String) {
+    let mock = MockCluster::new(brokers).expect("mock cluster");
+    for (t, partitions) in topics {
+        mock.create_topic(t, *partitions, 1).expect("topic");
+    }
+    let bootstrap = mock.bootstrap_servers();
+    (mock, bootstrap)
+}
+
+/// A sink on `dir` through `drain`: pushes `events`, waits until the broker
+/// acknowledged all (or they were dead-lettered), shuts down; the stats at the end.
+async fn deliver(
+    dir: &std::path::Path,
+    drain: KafkaDrain<Event>,
+    events: impl IntoIterator<Item = Event>,
+) -> walsink::SinkStats {
+    let (sink, handle) = DurableSink::open(config(dir), drain, CancellationToken::new())
+        .await
+        .expect("open");
+    for e in events {
+        sink.push(e).await.expect("push");
+    }
+    sink.flush().await.expect("flush");
+    let stats = sink.stats();
+    drop(sink);
+    handle.join().await.expect("join");
+    stats
 }
 
 /// Each id arrived, with the seq it had in the WAL (pushes 0..n into a fresh sink get
 /// seqs 1..=n), and within each partition in seq order.
 fn assert_all_arrived(got: &[Got], n: u64) {
     let mut first: BTreeMap<u64, u64> = BTreeMap::new();
-    for (e, seq) in events_of(got) {
-        assert_eq!(seq, e.id + 1, "{e:?} under the wrong seq");
-        first.entry(e.id).or_insert(seq);
+    for (id, seq) in ids_and_seqs(got) {
+        assert_eq!(seq, id + 1, "record {id} under the wrong seq");
+        first.entry(id).or_insert(seq);
     }
     assert_eq!(
         first.keys().copied().collect::<Vec<_>>(),
@@ -93,21 +96,11 @@ fn assert_all_arrived(got: &[Got], n: u64) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_record_arrives_once_in_order_per_partition_with_its_seq() {
-    let mock = MockCluster::new(3).expect("mock cluster");
-    mock.create_topic("events", 3, 1).expect("topic");
-    let brokers = mock.bootstrap_servers();
+    let (_mock, brokers) = cluster(3, &[("events", 3)]);
     let tmp = tempfile::tempdir().expect("tmp");
     let drain = drain(&brokers, "events").build().expect("drain");
     let errors = drain.errors();
-    let (sink, handle) = DurableSink::open(config(tmp.path()), drain, CancellationToken::new())
-        .await
-        .expect("open");
-    for id in 0..1000 {
-        sink.push(event(id)).await.expect("push");
-    }
-    sink.flush().await.expect("flush");
-    drop(sink);
-    handle.join().await.expect("join");
+    deliver(tmp.path(), drain, (0..1000).map(event)).await;
     let got = read_topic(&brokers, "events", 3, READ_WITHIN);
     assert_eq!(got.len(), 1000, "once each: no error, no redelivery");
     assert_all_arrived(&got, 1000);
@@ -117,31 +110,23 @@ async fn every_record_arrives_once_in_order_per_partition_with_its_seq() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retryable_produce_errors_are_delivered_again_until_acknowledged() {
-    let mock = MockCluster::new(1).expect("mock cluster");
-    mock.create_topic("events", 1, 1).expect("topic");
-    let brokers = mock.bootstrap_servers();
-    // More failures than librdkafka retries within message.timeout.ms: some reach
-    // the drain as retryable errors, and the sink delivers those batches again.
+    let (mock, brokers) = cluster(1, &[("events", 1)]);
+    // librdkafka retries a request at most every retry.backoff.ms (10 ms), with at
+    // most 5 requests in flight: within message.timeout.ms (200 ms) it can use up at
+    // most ~100 injected errors, so with 300 its messages time out and reach the
+    // drain as retryable errors, and the sink delivers those batches again until the
+    // errors run out.
     mock.request_errors(
         RDKafkaApiKey::Produce,
-        &[RespErr::RD_KAFKA_RESP_ERR_NOT_ENOUGH_REPLICAS; 200],
+        &[RespErr::RD_KAFKA_RESP_ERR_NOT_ENOUGH_REPLICAS; 300],
     );
     let tmp = tempfile::tempdir().expect("tmp");
     let drain = drain(&brokers, "events")
-        .set("message.timeout.ms", "300")
+        .set("message.timeout.ms", "200")
         .build()
         .expect("drain");
     let errors = drain.errors();
-    let (sink, handle) = DurableSink::open(config(tmp.path()), drain, CancellationToken::new())
-        .await
-        .expect("open");
-    for id in 0..200 {
-        sink.push(event(id)).await.expect("push");
-    }
-    sink.flush().await.expect("flush");
-    let stats = sink.stats();
-    drop(sink);
-    handle.join().await.expect("join");
+    let stats = deliver(tmp.path(), drain, (0..200).map(event)).await;
     assert!(errors.get().retryable > 0, "{:?}", errors.get());
     assert!(stats.retries > 0);
     assert_eq!(stats.rejected, 0, "a retryable error is never poison");
@@ -151,9 +136,7 @@ async fn retryable_produce_errors_are_delivered_again_until_acknowledged() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn authorization_errors_are_retried_loudly_never_dead_lettered() {
-    let mock = MockCluster::new(1).expect("mock cluster");
-    mock.create_topic("events", 1, 1).expect("topic");
-    let brokers = mock.bootstrap_servers();
+    let (mock, brokers) = cluster(1, &[("events", 1)]);
     mock.request_errors(
         RDKafkaApiKey::Produce,
         &[RespErr::RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED; 5],
@@ -161,20 +144,10 @@ async fn authorization_errors_are_retried_loudly_never_dead_lettered() {
     let tmp = tempfile::tempdir().expect("tmp");
     let drain = drain(&brokers, "events").build().expect("drain");
     let errors = drain.errors();
-    let (sink, handle) = DurableSink::open(config(tmp.path()), drain, CancellationToken::new())
-        .await
-        .expect("open");
-    for id in 0..50 {
-        sink.push(event(id)).await.expect("push");
-    }
-    sink.flush().await.expect("flush");
-    let dead = sink.dead_letters().count().await.expect("count");
-    let stats = sink.stats();
-    drop(sink);
-    handle.join().await.expect("join");
+    let stats = deliver(tmp.path(), drain, (0..50).map(event)).await;
     assert!(errors.get().config > 0, "{:?}", errors.get());
     assert_eq!(
-        dead, 0,
+        stats.dead_lettered, 0,
         "an ACL problem sent records to the dead-letter store"
     );
     assert_eq!(stats.rejected, 0);
@@ -184,33 +157,27 @@ async fn authorization_errors_are_retried_loudly_never_dead_lettered() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_record_over_message_max_bytes_is_dead_lettered_alone() {
-    let mock = MockCluster::new(1).expect("mock cluster");
-    mock.create_topic("events", 1, 1).expect("topic");
-    let brokers = mock.bootstrap_servers();
+    let (_mock, brokers) = cluster(1, &[("events", 1)]);
     let tmp = tempfile::tempdir().expect("tmp");
     let drain = drain(&brokers, "events")
         .set("message.max.bytes", "4000")
         .build()
         .expect("drain");
     let errors = drain.errors();
-    let (sink, handle) = DurableSink::open(config(tmp.path()), drain, CancellationToken::new())
-        .await
-        .expect("open");
-    for id in 0..100 {
+    let events = (0..100).map(|id| {
         let mut e = event(id);
         if id == 37 {
             e.body = "x".repeat(10_000);
         }
-        sink.push(e).await.expect("push");
-    }
-    sink.flush().await.expect("flush");
-    let dead = sink
-        .dead_letters()
+        e
+    });
+    deliver(tmp.path(), drain, events).await;
+    let dead = DeadLetterStore::open(tmp.path())
+        .await
+        .expect("store")
         .list(0, 10)
         .await
         .expect("list dead letters");
-    drop(sink);
-    handle.join().await.expect("join");
     assert_eq!(dead.len(), 1, "{dead:?}");
     assert_eq!(dead[0].seq(), 38);
     assert!(
@@ -220,7 +187,7 @@ async fn a_record_over_message_max_bytes_is_dead_lettered_alone() {
     );
     assert!(errors.get().permanent >= 1);
     let got = read_topic(&brokers, "events", 1, READ_WITHIN);
-    let ids: Vec<u64> = events_of(&got).iter().map(|(e, _)| e.id).collect();
+    let ids: Vec<u64> = ids_and_seqs(&got).iter().map(|&(id, _)| id).collect();
     assert_eq!(
         ids,
         (0..100).filter(|&i| i != 37).collect::<Vec<_>>(),
@@ -228,11 +195,30 @@ async fn a_record_over_message_max_bytes_is_dead_lettered_alone() {
     );
 }
 
+/// The broker refuses a produce request for good (message too large, as a broker
+/// with a lower `message.max.bytes` says): the batch is bisected, the halves go
+/// through once the refusal is spent, and nothing good is dead-lettered or sent twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_side_permanent_refusal_is_bisected_and_nothing_good_is_lost() {
+    let (mock, brokers) = cluster(1, &[("events", 1)]);
+    let tmp = tempfile::tempdir().expect("tmp");
+    let drain = drain(&brokers, "events").build().expect("drain");
+    let errors = drain.errors();
+    mock.request_errors(
+        RDKafkaApiKey::Produce,
+        &[RespErr::RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE],
+    );
+    let stats = deliver(tmp.path(), drain, (0..40).map(event)).await;
+    assert!(errors.get().permanent >= 1, "{:?}", errors.get());
+    assert_eq!(stats.dead_lettered, 0, "{stats:?}");
+    let got = read_topic(&brokers, "events", 1, READ_WITHIN);
+    assert_eq!(got.len(), 40, "once each");
+    assert_all_arrived(&got, 40);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn brokers_down_then_up_lose_nothing() {
-    let mock = MockCluster::new(2).expect("mock cluster");
-    mock.create_topic("events", 2, 1).expect("topic");
-    let brokers = mock.bootstrap_servers();
+    let (mock, brokers) = cluster(2, &[("events", 2)]);
     let tmp = tempfile::tempdir().expect("tmp");
     let drain = drain(&brokers, "events")
         .set("message.timeout.ms", "500")
@@ -275,10 +261,7 @@ async fn brokers_down_then_up_lose_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dead_letters_go_to_a_dlq_topic_with_their_context_as_headers() {
-    let mock = MockCluster::new(1).expect("mock cluster");
-    mock.create_topic("events", 1, 1).expect("topic");
-    mock.create_topic("events-dlq", 1, 1).expect("topic");
-    let brokers = mock.bootstrap_servers();
+    let (_mock, brokers) = cluster(1, &[("events", 1), ("events-dlq", 1)]);
     let tmp = tempfile::tempdir().expect("tmp");
 
     // A sink whose drain rejects one record for good: it becomes a dead letter.
@@ -348,9 +331,7 @@ async fn dead_letters_go_to_a_dlq_topic_with_their_context_as_headers() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fatal_idempotence_error_rebuilds_the_producer_and_delivers_from_the_wal() {
-    let mock = MockCluster::new(1).expect("mock cluster");
-    mock.create_topic("events", 1, 1).expect("topic");
-    let brokers = mock.bootstrap_servers();
+    let (mock, brokers) = cluster(1, &[("events", 1)]);
     let tmp = tempfile::tempdir().expect("tmp");
     let drain = drain(&brokers, "events").build().expect("drain");
     let errors = drain.errors();
@@ -361,7 +342,8 @@ async fn a_fatal_idempotence_error_rebuilds_the_producer_and_delivers_from_the_w
         sink.push(event(id)).await.expect("push");
     }
     sink.flush().await.expect("flush");
-    // An out-of-order sequence number is fatal to an idempotent producer.
+    // An out-of-order sequence number is fatal to an idempotent, non-transactional
+    // producer in the bundled librdkafka (2.12.1, pinned by Cargo.lock).
     mock.request_errors(
         RDKafkaApiKey::Produce,
         &[RespErr::RD_KAFKA_RESP_ERR_OUT_OF_ORDER_SEQUENCE_NUMBER],

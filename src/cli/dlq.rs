@@ -197,6 +197,22 @@ pub(super) async fn run(cmd: DlqCommand) -> Result<Exit, Failure> {
                         ),
                     ));
                 }
+                Err(DeadLetterError::Purge { redriven, source }) => {
+                    // In the WAL now, and possibly still in the store as well.
+                    for (old, new) in &redriven {
+                        outln!("seq {old} -> {new}");
+                    }
+                    let seqs: Vec<String> = redriven.iter().map(|(o, _)| o.to_string()).collect();
+                    return Err(Failure::new(
+                        Exit::DamageOrNoMatch,
+                        format!(
+                            "{} dead letters were appended to the WAL, but removing them from the store failed: {source}; remove them with `walsink dlq purge {} --seq {}` instead of redriving them again",
+                            redriven.len(),
+                            dir.display(),
+                            seqs.join(" --seq ")
+                        ),
+                    ));
+                }
                 Err(e) => return Err(e.into()),
             };
             for (old, new) in &moved {

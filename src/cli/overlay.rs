@@ -176,7 +176,19 @@ impl LockGuard for NoLock {}
 
 impl Storage for Overlay {
     fn create_dir(&self, path: &Path) -> io::Result<()> {
-        self.state().dirs.insert(path.to_path_buf());
+        // As on a real disk: `AlreadyExists` if anything has that name, `NotFound`
+        // if the parent is missing (so recovery's directory walk behaves the same).
+        let mut st = self.state();
+        if st.dirs.contains(path) || self.exists(&st, path) || path.is_dir() {
+            return Err(io::Error::from(io::ErrorKind::AlreadyExists));
+        }
+        let parent_there = path
+            .parent()
+            .is_none_or(|p| p.as_os_str().is_empty() || st.dirs.contains(p) || p.is_dir());
+        if !parent_there {
+            return Err(io::Error::from(io::ErrorKind::NotFound));
+        }
+        st.dirs.insert(path.to_path_buf());
         Ok(())
     }
 
@@ -304,5 +316,17 @@ mod tests {
             "the disk is untouched"
         );
         assert!(!dir.join("b").exists() && !dir.join("c").exists());
+        // Directories: as on a real disk, and never on the real one.
+        assert_eq!(
+            o.create_dir(dir).map_err(|e| e.kind()),
+            Err(io::ErrorKind::AlreadyExists)
+        );
+        assert_eq!(
+            o.create_dir(&dir.join("x/y")).map_err(|e| e.kind()),
+            Err(io::ErrorKind::NotFound)
+        );
+        o.create_dir(&dir.join("x")).expect("mkdir");
+        o.create_dir(&dir.join("x/y")).expect("mkdir under it");
+        assert!(!dir.join("x").exists());
     }
 }

@@ -48,6 +48,9 @@ use crate::wal::storage::{Storage, StorageFile, read_full_at};
 const FILE_ROLL_BYTES: u64 = 16 << 20;
 /// Suffix of a purge's rewrite before it is renamed into place.
 const PURGE_SUFFIX: &str = ".purge";
+/// Most quarantined copies of one file name kept before a purge that needs another
+/// refuses (an operator should look long before).
+const MAX_QUARANTINE_COPIES: u32 = 1000;
 
 /// Where one entry is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -108,6 +111,10 @@ pub(crate) struct StoreFiles {
     damaged: u64,
     /// The last file, open for appends (writable stores, opened lazily).
     active: Option<(u64, Box<dyn StorageFile>)>,
+    /// A scan failed part way: the index is incomplete and must not be used (an
+    /// append could take the name of a file it does not list, or store a seq twice)
+    /// until a scan succeeds.
+    stale: bool,
 }
 
 impl StoreFiles {
@@ -134,6 +141,7 @@ impl StoreFiles {
             bytes: 0,
             damaged: 0,
             active: None,
+            stale: false,
         };
         if writable {
             store.prepare_dir(wal_dir)?;
@@ -180,6 +188,19 @@ impl StoreFiles {
 
     /// Rebuilds the file list and index from disk.
     fn scan(&mut self) -> io::Result<()> {
+        self.stale = true;
+        self.scan_all()?;
+        self.stale = false;
+        Ok(())
+    }
+
+    /// Scans again if an earlier scan failed part way; every use of the index goes
+    /// through here first.
+    pub(crate) fn fresh(&mut self) -> io::Result<()> {
+        if self.stale { self.scan() } else { Ok(()) }
+    }
+
+    fn scan_all(&mut self) -> io::Result<()> {
         self.files.clear();
         self.index.clear();
         self.bytes = 0;
@@ -315,6 +336,11 @@ impl StoreFiles {
         self.bytes
     }
 
+    /// The codec id this store stamps on files it creates: the WAL's.
+    pub(crate) fn writer_codec_id(&self) -> u32 {
+        self.codec_id
+    }
+
     /// Codec id of the records held (from the first readable file header), `None` if
     /// the store holds no readable file.
     pub(crate) fn codec_id(&self) -> Option<u32> {
@@ -386,6 +412,7 @@ impl StoreFiles {
 
     /// Appends a dead letter, durable before it returns (see the module doc).
     pub(crate) fn append(&mut self, meta: &EntryMeta, payload: &[u8]) -> io::Result<Appended> {
+        self.fresh()?;
         if !self.writable {
             return Err(io::Error::other("the dead-letter store is open read-only"));
         }
@@ -486,9 +513,16 @@ impl StoreFiles {
         // Creates, syncs the file and syncs the directory (see `create_segment`).
         let file = match create_segment(self.storage.as_ref(), &self.dir, header, 0) {
             Ok(f) => f,
+            // Not ours: a file the index does not list holds that name. Never remove
+            // it (it may hold entries); the next scan lists it.
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                self.stale = true;
+                return Err(e);
+            }
             Err(e) => {
-                // A partly created file (a full disk after the create) would make
-                // every retry fail with AlreadyExists: it holds no entry, remove it.
+                // We created it and a later step failed (a full disk after the
+                // create): it holds no entry, and left there it would make every
+                // retry fail with AlreadyExists.
                 let _ = self.storage.remove_file(&segment_path(&self.dir, first));
                 return Err(e);
             }
@@ -513,6 +547,7 @@ impl StoreFiles {
         if !self.writable {
             return Err(io::Error::other("the dead-letter store is open read-only"));
         }
+        self.fresh()?;
         let mut doomed: Vec<u64> = match seqs {
             None => self.index.range(..=through).map(|(&s, _)| s).collect(),
             Some(s) => s
@@ -619,24 +654,54 @@ impl StoreFiles {
         Ok(())
     }
 
-    /// Copies a file holding damaged bytes to `<name>.quarantined` (once) before a
-    /// purge replaces it, so that no byte is lost to the purge.
+    /// Copies a file holding damaged bytes to an unused `<name>[.N].quarantined` before
+    /// a purge replaces it, so that no byte is lost to the purge. The copy is written
+    /// to a temporary name, synced, then renamed: a crash never leaves a partial copy
+    /// under the final name (a leftover temporary ends in `.purge` and is removed at
+    /// the next writable open). A name already taken is never trusted to hold these
+    /// bytes: file names are reused once a purge deleted the last file.
     fn quarantine_copy(&self, path: &Path, name: &str) -> io::Result<()> {
-        let copy = self.dir.join(format!("{name}{QUARANTINE_SUFFIX}"));
         let src = self.storage.open(path, false)?;
         let len = usize::try_from(src.len()?).map_err(io::Error::other)?;
         let mut all = vec![0u8; len];
         let n = read_full_at(src.as_ref(), &mut all, 0)?;
         all.truncate(n);
-        let dst = match self.storage.create_new(&copy) {
-            Ok(f) => f,
-            // An earlier purge kept a copy: the damaged bytes are in it already.
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => return Ok(()),
-            Err(e) => return Err(e),
-        };
+        let tmp = self.dir.join(format!("{name}.copy{PURGE_SUFFIX}"));
+        if let Err(e) = self.storage.remove_file(&tmp)
+            && e.kind() != io::ErrorKind::NotFound
+        {
+            return Err(e);
+        }
+        let dst = self.storage.create_new(&tmp)?;
         dst.write_all_at(&all, 0)?;
-        // Sync the copy and its directory entry before the original is replaced.
+        // Sync the copy before it takes its name: a power loss after the rename must
+        // find every byte in it.
         dst.sync()?;
+        drop(dst);
+        let mut copy = None;
+        for n in 0..MAX_QUARANTINE_COPIES {
+            let candidate = if n == 0 {
+                self.dir.join(format!("{name}{QUARANTINE_SUFFIX}"))
+            } else {
+                self.dir.join(format!("{name}.{n}{QUARANTINE_SUFFIX}"))
+            };
+            match self.storage.open(&candidate, false) {
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                    copy = Some(candidate);
+                    break;
+                }
+                Err(e) => return Err(e),
+                Ok(_) => {}
+            }
+        }
+        let copy = copy.ok_or_else(|| {
+            io::Error::other(format!(
+                "{MAX_QUARANTINE_COPIES} quarantined copies of {name} exist already"
+            ))
+        })?;
+        self.storage.rename(&tmp, &copy)?;
+        // Sync the rename before the original is replaced: a power loss must not lose
+        // both the copy's name and the damaged original.
         self.storage.sync_dir(&self.dir)
     }
 }

@@ -253,6 +253,18 @@ pub enum DeadLetterError {
         #[source]
         source: SinkError,
     },
+    /// A redrive appended the dead letters in `redriven` (original seq, new seq) to the
+    /// WAL, durable there, but removing them from the store failed: they are in both.
+    /// Purge those original seqs rather than redrive them again (which would deliver
+    /// them twice more).
+    #[error("redrive appended {} dead letters to the WAL but could not remove them from the store: {source}", redriven.len())]
+    Purge {
+        /// What was appended to the WAL; those still in the store are there twice.
+        redriven: Vec<(u64, u64)>,
+        /// The store's error.
+        #[source]
+        source: Arc<io::Error>,
+    },
 }
 
 impl From<io::Error> for DeadLetterError {
@@ -295,6 +307,9 @@ struct StoreInner {
     /// letters at or below it may leave the store (above it, a crash could replay the
     /// record and store it again).
     durable_cursor: AtomicU64,
+    /// One redrive at a time through this store: two at once would read the same
+    /// entries and append each twice.
+    redrive: tokio::sync::Mutex<()>,
 }
 
 impl fmt::Debug for StoreInner {
@@ -343,6 +358,7 @@ impl DeadLetterStore {
                 }),
                 appender: Some(appender),
                 durable_cursor: AtomicU64::new(0),
+                redrive: tokio::sync::Mutex::new(()),
             }),
         }
     }
@@ -393,6 +409,7 @@ impl DeadLetterStore {
                 }),
                 appender: None,
                 durable_cursor: AtomicU64::new(0),
+                redrive: tokio::sync::Mutex::new(()),
             }),
         })
     }
@@ -404,12 +421,15 @@ impl DeadLetterStore {
     ) -> Result<R, DeadLetterError> {
         let inner = Arc::clone(&self.inner);
         blocking(move || {
-            let st = inner.state.lock().unwrap_or_else(PoisonError::into_inner);
+            let mut st = inner.state.lock().unwrap_or_else(PoisonError::into_inner);
             // The running sink's index; once it has ended, the files may change under
             // an offline tool, so read them afresh.
             let live = st.online.as_ref().is_some_and(|o| o.lock.is_some());
-            match &st.files {
-                Some(files) if live => f(files),
+            match &mut st.files {
+                Some(files) if live => {
+                    files.fresh()?;
+                    f(files)
+                }
                 _ => {
                     drop(st);
                     let files = StoreFiles::open(
@@ -508,6 +528,7 @@ impl DeadLetterStore {
     /// As [`purge`](Self::purge), and [`DeadLetterError::Sink`] if the WAL append
     /// fails (what was appended before stays appended and leaves the store).
     pub async fn redrive(&self, which: Selection) -> Result<Vec<(u64, u64)>, DeadLetterError> {
+        let _one_at_a_time = self.inner.redrive.lock().await;
         match &self.inner.appender {
             Some(appender) => redrive::online(&self.inner, appender, which).await,
             None => redrive::offline(&self.inner, which).await,
@@ -549,7 +570,10 @@ impl StoreInner {
     fn with_files<R>(&self, f: impl FnOnce(&mut StoreFiles) -> io::Result<R>) -> io::Result<R> {
         let mut st = self.state.lock().unwrap_or_else(PoisonError::into_inner);
         match st.files.as_mut() {
-            Some(files) => f(files),
+            Some(files) => {
+                files.fresh()?;
+                f(files)
+            }
             None => Err(io::Error::other("no running sink owns this store")),
         }
     }
@@ -568,7 +592,10 @@ impl StoreInner {
             }
             let through = self.durable_cursor.load(Ordering::Acquire);
             return match st.files.as_mut() {
-                Some(files) => f(files, through),
+                Some(files) => {
+                    files.fresh()?;
+                    f(files, through)
+                }
                 None => Err(DeadLetterError::Closed),
             };
         }

@@ -53,11 +53,16 @@ impl Plan {
     }
 
     /// The next chunk of selected seqs above `after`: `(seq, payload)` in seq order.
+    ///
+    /// Entries written with a codec other than `wal_codec` are left in the store
+    /// (logged): appended to this WAL they would be decoded with the wrong codec, and
+    /// dead-lettered again under a codec id that no longer names them.
     fn read_chunk(
         &self,
         files: &StoreFiles,
         after: Option<u64>,
-    ) -> std::io::Result<Vec<(u64, Vec<u8>)>> {
+        wal_codec: u32,
+    ) -> std::io::Result<Vec<(u64, Option<Vec<u8>>)>> {
         let from = after.map_or(0, |a| a.saturating_add(1));
         let seqs: Vec<u64> = match &self.which {
             Selection::All => files.seqs(from, CHUNK_ENTRIES),
@@ -70,8 +75,18 @@ impl Plan {
         };
         let mut out = Vec::new();
         for seq in seqs.into_iter().filter(|&s| s <= self.upper) {
-            if let Some(e) = files.get(seq)? {
-                out.push((seq, e.payload));
+            match files.get(seq)? {
+                Some(e) if e.codec_id == wal_codec => out.push((seq, Some(e.payload))),
+                Some(e) => {
+                    tracing::warn!(
+                        seq,
+                        codec_id = e.codec_id,
+                        wal_codec,
+                        "dead letter left in the store: written with another codec than the WAL's"
+                    );
+                    out.push((seq, None));
+                }
+                None => {}
             }
         }
         Ok(out)
@@ -85,8 +100,10 @@ pub(super) async fn online(
     which: Selection,
 ) -> Result<Vec<(u64, u64)>, DeadLetterError> {
     let store = Arc::clone(inner);
-    let plan = blocking(move || {
-        store.with_writable(|files, through| Ok(Plan::new(which, files, through)))
+    let (plan, wal_codec) = blocking(move || {
+        store.with_writable(|files, through| {
+            Ok((Plan::new(which, files, through), files.writer_codec_id()))
+        })
     })
     .await??;
     let mut done = Vec::new();
@@ -94,9 +111,10 @@ pub(super) async fn online(
     loop {
         let store = Arc::clone(inner);
         let p = plan.clone();
-        let chunk =
-            blocking(move || store.with_writable(|files, _| Ok(p.read_chunk(files, after)?)))
-                .await??;
+        let chunk = blocking(move || {
+            store.with_writable(|files, _| Ok(p.read_chunk(files, after, wal_codec)?))
+        })
+        .await??;
         let Some(&(last, _)) = chunk.last() else {
             return Ok(done);
         };
@@ -105,6 +123,7 @@ pub(super) async fn online(
         let mut appended = Vec::with_capacity(chunk.len());
         let mut failure = None;
         for (seq, payload) in chunk {
+            let Some(payload) = payload else { continue };
             match app.append_durable(payload).await {
                 Ok(new) => appended.push((seq, new)),
                 Err(e) => {
@@ -116,13 +135,23 @@ pub(super) async fn online(
         drop(app);
         let purged = purge_appended(inner, &appended).await;
         done.extend(appended);
-        purged?;
+        if let Err(e) = purged {
+            return Err(purge_failed(done, e));
+        }
         if let Some(source) = failure {
             return Err(DeadLetterError::Sink {
                 redriven: done,
                 source,
             });
         }
+    }
+}
+
+/// A purge after appends failed: the caller learns what is now in both places.
+fn purge_failed(redriven: Vec<(u64, u64)>, e: DeadLetterError) -> DeadLetterError {
+    match e {
+        DeadLetterError::Io(source) => DeadLetterError::Purge { redriven, source },
+        other => other,
     }
 }
 
@@ -186,6 +215,7 @@ pub(super) async fn offline(
         return Ok(Vec::new());
     };
     let through = wal.cursor.durable();
+    let wal_codec = files.writer_codec_id();
     let Wal {
         writer,
         reader,
@@ -204,7 +234,7 @@ pub(super) async fn offline(
     loop {
         let p = plan.clone();
         let (f, read) = blocking(move || {
-            let read = p.read_chunk(&files, after);
+            let read = p.read_chunk(&files, after, wal_codec);
             (files, read)
         })
         .await?;
@@ -221,8 +251,13 @@ pub(super) async fn offline(
         };
         after = Some(last);
         let mut replies = Vec::with_capacity(chunk.len());
+        let mut sink_error = None;
         for (seq, payload) in chunk {
+            let Some(payload) = payload else { continue };
             let Ok(permit) = tx.reserve().await else {
+                // The writer is gone: what was not sent stays in the store, and the
+                // caller must hear that the redrive stopped short.
+                sink_error = Some(SinkError::Closed);
                 break;
             };
             let (reply, wait) = oneshot::channel();
@@ -230,7 +265,6 @@ pub(super) async fn offline(
             replies.push((seq, wait));
         }
         let mut appended = Vec::with_capacity(replies.len());
-        let mut sink_error = None;
         for (seq, wait) in replies {
             match wait.await {
                 Ok(Ok(new)) => appended.push((seq, new)),
@@ -253,7 +287,7 @@ pub(super) async fn offline(
             files = f;
             done.extend(appended);
             if let Err(e) = purged {
-                failure = Some(e.into());
+                failure = Some(purge_failed(std::mem::take(&mut done), e.into()));
                 break;
             }
         }

@@ -133,13 +133,15 @@ impl<T> FileDrain<T> {
     fn new(dir: PathBuf, format: FileFormat, encode: Encode<T>) -> io::Result<Self> {
         if !dir.is_dir() {
             std::fs::create_dir_all(&dir)?;
-            // The new directory's entry, and the directory itself, durable before a
-            // record in it is acknowledged.
-            if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
-                File::open(parent)?.sync_all()?;
-            }
-            File::open(&dir)?.sync_all()?;
         }
+        // The directory's entry in its parent, and the directory itself, durable before
+        // a record in it is acknowledged: also when it existed already, since a process
+        // that created it may have died before these syncs, and a power loss would
+        // then drop the directory with every acknowledged record in it.
+        if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+            File::open(parent)?.sync_all()?;
+        }
+        File::open(&dir)?.sync_all()?;
         let lock = match RealStorage.try_lock(&dir.join(LOCK_FILE)) {
             Ok(l) => l,
             Err(LockError::Held) => {

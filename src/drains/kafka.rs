@@ -15,12 +15,13 @@
 //!
 //! - **retryable** (timeouts, transport errors, queue full, leader changes, not enough
 //!   replicas, and any code not listed below): the batch comes again after backoff.
-//! - **permanent** for that record (too large, invalid or corrupt, invalid timestamp;
-//!   also a record whose payload, key and headers exceed `message.max.bytes`, checked
-//!   before producing): the sink bisects the batch down to that record and keeps it
+//! - **permanent** for that record (too large, invalid or corrupt; also a record
+//!   whose payload, key and header bytes exceed `message.max.bytes`, checked before
+//!   producing, with librdkafka's own check at produce time the final word): the sink bisects the batch down to that record and keeps it
 //!   as a dead letter.
 //! - **configuration** (unknown topic, topic or cluster authorization failed, invalid
-//!   acks, authentication): not the record's fault, so *retryable*, logged at `error`
+//!   acks, authentication; and an invalid timestamp: the drain sets none, so it means
+//!   clock skew between this host and the broker): not the record's fault, so *retryable*, logged at `error`
 //!   and counted, never poison; a misconfigured ACL must not send the whole stream to
 //!   the dead-letter store.
 //! - **fatal** (librdkafka's fatal idempotence errors, a fenced producer): the producer
@@ -81,9 +82,6 @@ pub mod dead_letter_headers {
 
 /// librdkafka's default `message.max.bytes`.
 const DEFAULT_MESSAGE_MAX_BYTES: usize = 1_000_000;
-/// What a record costs on the wire besides payload, key and header bytes (record
-/// header, varints, batch share): a margin for the size check before producing.
-const RECORD_OVERHEAD_BYTES: usize = 128;
 /// Failed batches in a row after which the producer is rebuilt even without a fatal
 /// error: a producer whose broker came back without its state (a restarted broker
 /// that lost the idempotent producer's id) can time out every message for good, and
@@ -91,6 +89,11 @@ const RECORD_OVERHEAD_BYTES: usize = 128;
 const REBUILD_AFTER_FAILED_BATCHES: u32 = 5;
 /// How long to wait before producing again when librdkafka's local queue is full.
 const QUEUE_FULL_BACKOFF: Duration = Duration::from_millis(5);
+/// How long a record may wait for room in librdkafka's local queue before the batch
+/// fails (retryable): an outage fills the queue until messages time out, and a
+/// record that can never fit (`queue.buffering.max.kbytes` below its size) must not
+/// hold the drain forever.
+const QUEUE_FULL_LIMIT: Duration = Duration::from_secs(30);
 
 /// How a failed delivery is handled (see the module docs).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -125,12 +128,16 @@ impl ErrorClass {
             | C::InvalidMessageSize
             | C::InvalidMessage
             | C::InvalidRecord
-            | C::InvalidTimestamp
             | C::BadMessage
             | C::MessageBatchTooLarge
             | C::KeySerialization
             | C::ValueSerialization => Self::Permanent,
-            C::UnknownTopicOrPartition
+            // The drain sets no timestamp: librdkafka stamps the produce time, so a
+            // refused timestamp means the clocks of this host and the broker disagree
+            // (`message.timestamp.difference.max.ms`), which is not the record's fault
+            // and would otherwise send the whole stream to the dead-letter store.
+            C::InvalidTimestamp
+            | C::UnknownTopicOrPartition
             | C::UnknownTopic
             | C::UnknownPartition
             | C::InvalidTopic
@@ -183,7 +190,7 @@ pub struct KafkaErrorCounts {
     pub permanent: u64,
     /// Configuration or authorization failures (records).
     pub config: u64,
-    /// Fatal producer errors.
+    /// Fatal producer errors (each rebuilt the producer; counted once per batch).
     pub fatal: u64,
     /// Producers rebuilt after a fatal error.
     pub rebuilds: u64,
@@ -479,7 +486,9 @@ impl<T> KafkaDrain<T> {
             .config
             .create()
             .map_err(|e| DrainError::retryable(format!("rebuild the Kafka producer: {e}")))?;
-        self.producer = producer;
+        let old = std::mem::replace(&mut self.producer, producer);
+        // Destroying a producer joins librdkafka's threads: off the runtime's workers.
+        drop(tokio::task::spawn_blocking(move || drop(old)));
         self.errors.rebuilds.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
@@ -497,8 +506,7 @@ impl<T> KafkaDrain<T> {
             + key.as_ref().map_or(0, Vec::len)
             + SEQ_HEADER.len()
             + seq_text.len()
-            + extra.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>()
-            + RECORD_OVERHEAD_BYTES;
+            + extra.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>();
         if size > self.message_max_bytes {
             return Err((
                 ErrorClass::Permanent,
@@ -535,10 +543,19 @@ impl<T> KafkaDrain<T> {
         if let Some(k) = &m.key {
             rec = rec.key(k.as_slice());
         }
+        let since = Instant::now();
         loop {
             match self.producer.send_result(rec) {
                 Ok(f) => return Ok(f),
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                    if since.elapsed() >= QUEUE_FULL_LIMIT {
+                        return Err((
+                            ErrorClass::Retryable,
+                            format!(
+                                "seq {seq}: librdkafka's local queue stayed full for {QUEUE_FULL_LIMIT:?}"
+                            ),
+                        ));
+                    }
                     rec = back;
                     tokio::time::sleep(QUEUE_FULL_BACKOFF).await;
                 }
@@ -601,13 +618,12 @@ impl<T: Send + 'static> SinkDrain<T> for KafkaDrain<T> {
         let started = Instant::now();
         let mut in_flight = Vec::with_capacity(batch.len());
         let mut failures: Vec<(ErrorClass, String)> = Vec::new();
-        let (seqs, items) = (batch.seqs().to_vec(), batch.into_items());
-        for (i, &seq) in seqs.iter().enumerate() {
+        let last_seq = batch.last_seq();
+        for (seq, record) in batch.into_pairs() {
             if self.acked.contains(&seq) {
                 continue;
             }
-            let Some(record) = items.get(i) else { break };
-            let message = match self.prepare(seq, record) {
+            let message = match self.prepare(seq, &record) {
                 Ok(m) => m,
                 Err(failure) => {
                     failures.push(failure);
@@ -646,7 +662,7 @@ impl<T: Send + 'static> SinkDrain<T> for KafkaDrain<T> {
                 m.delivery.record(started.elapsed().as_secs_f64());
             }
             // Keep what a bisection's later halves will still need.
-            if let Some(last) = seqs.last() {
+            if let Some(last) = last_seq {
                 self.acked = self.acked.split_off(&last.saturating_add(1));
             }
             return Ok(());

@@ -313,3 +313,90 @@ fn purge_keeps_what_it_cannot_decode_and_what_the_cursor_has_not_passed() {
     assert_eq!(store.purge(None, 3).expect("purge all passed"), 2);
     check(&store, &[4]);
 }
+
+/// A scan that fails part way (reads failing after a purge) leaves no half index in
+/// use: the next call scans again, and every entry is found where it is.
+#[test]
+fn a_failed_rescan_is_redone_before_the_index_is_used() {
+    let disk = disk();
+    let mut store = open(&disk, true);
+    for s in [3, 4, 5] {
+        store.append(&meta(s), &payload(s)).expect("append");
+    }
+    disk.flaky_reads(1000);
+    assert!(store.purge(Some(&[4]), 10).is_err(), "reads fail");
+    disk.flaky_reads(0);
+    store.append(&meta(6), &payload(6)).expect("append after");
+    let held = store.seqs(0, usize::MAX);
+    assert!(
+        held == [3, 5, 6] || held == [3, 4, 5, 6],
+        "the purge happened or not, nothing else: {held:?}"
+    );
+    check(&store, &held);
+}
+
+/// A file the index does not list under the name a new file would take is someone
+/// else's: creating over it fails, and it is never removed.
+#[test]
+fn a_file_the_index_does_not_list_is_never_removed_to_make_room() {
+    let disk = disk();
+    let mut store = open(&disk, true);
+    let st = disk.storage();
+    let dir = Path::new(WAL).join(crate::dead_letter::DEAD_LETTER_DIR);
+    let name = segment_path(&dir, 1);
+    let f = st.create_new(&name).expect("create");
+    f.write_all_at(b"not yet scanned", 0).expect("write");
+    f.sync().expect("sync");
+    st.sync_dir(&dir).expect("sync dir");
+    assert!(store.append(&meta(7), &payload(7)).is_err() || store.count() >= 1);
+    assert_eq!(
+        disk.read_live(&name).expect("still there"),
+        b"not yet scanned",
+        "the unlisted file was removed"
+    );
+}
+
+/// A purge of a file holding damage first copies it, whole and durable, to an unused
+/// `.quarantined` name: a second damaged file under the same (reused) name gets its
+/// own copy, never "the copy that exists already".
+#[test]
+fn each_damaged_file_a_purge_replaces_is_copied_whole_under_its_own_name() {
+    let disk = disk();
+    let dir = Path::new(WAL).join(DEAD_LETTER_DIR);
+    let file = dir.join(crate::wal::format::segment_file_name(1));
+    let mut copies = Vec::new();
+    for round in 0..2u8 {
+        let mut store = open(&disk, true);
+        for s in 1..=3 {
+            store.append(&meta(s), &payload(s)).expect("append");
+        }
+        let loc = store.index[&2];
+        disk.damage(
+            &file,
+            loc.offset + FRAME_HEADER_BYTES as u64 + 3,
+            &[0xe0 + round],
+        )
+        .expect("damage");
+        let damaged = disk.read_live(&file).expect("read");
+        let mut store = open(&disk, true);
+        // Purge everything readable: the file goes, its damaged bytes stay in a copy.
+        store.purge(None, u64::MAX).expect("purge");
+        disk.crash(Crash::PowerLoss {
+            tear: true,
+            flip: true,
+        });
+        let name = if round == 0 {
+            "00000000000000000001.seg.quarantined".to_string()
+        } else {
+            "00000000000000000001.seg.1.quarantined".to_string()
+        };
+        assert_eq!(
+            disk.read_live(&dir.join(&name))
+                .expect("the copy survived power loss"),
+            damaged,
+            "round {round}"
+        );
+        copies.push(name);
+    }
+    assert!(disk.names_in(&dir).iter().all(|n| !n.ends_with(".purge")));
+}
