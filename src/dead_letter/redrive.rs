@@ -314,3 +314,50 @@ pub(super) async fn offline(
         None => Ok(done),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+    use std::time::{Duration, UNIX_EPOCH};
+
+    use super::*;
+    use crate::dead_letter::entry::{DeadLetterReason, EntryMeta};
+    use crate::testing::sim::SimDisk;
+
+    fn meta(seq: u64) -> EntryMeta {
+        EntryMeta {
+            reason: DeadLetterReason::Rejected,
+            attempts: 1,
+            seq,
+            first_failed_at: UNIX_EPOCH + Duration::from_millis(seq),
+            dead_lettered_at: UNIX_EPOCH + Duration::from_millis(seq),
+            error: "no".into(),
+        }
+    }
+
+    /// Dead letters written under another codec than the WAL's are not taken: the
+    /// chunk names them (so the redrive moves past them) without their bytes.
+    #[test]
+    fn a_chunk_leaves_entries_of_another_codec_in_the_store() {
+        let disk = SimDisk::new(3);
+        let st = disk.storage();
+        st.create_dir(Path::new("/wal")).expect("dir");
+        let mut old =
+            StoreFiles::open(disk.storage(), Path::new("/wal"), 1, 1 << 30, true).expect("open");
+        for s in [1, 2] {
+            old.append(&meta(s), &[s as u8]).expect("append");
+        }
+        drop(old);
+        let mut new =
+            StoreFiles::open(disk.storage(), Path::new("/wal"), 2, 1 << 30, true).expect("open");
+        new.append(&meta(3), &[3]).expect("append");
+        let plan = Plan::new(Selection::All, &new, u64::MAX);
+        let chunk = plan.read_chunk(&new, None, 2).expect("read");
+        assert_eq!(chunk, vec![(1, None), (2, None), (3, Some(vec![3]))]);
+        let chunk = plan.read_chunk(&new, None, 1).expect("read");
+        assert_eq!(
+            chunk,
+            vec![(1, Some(vec![1])), (2, Some(vec![2])), (3, None)]
+        );
+    }
+}
