@@ -156,6 +156,39 @@ async fn authorization_errors_are_retried_loudly_never_dead_lettered() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_count_deliveries_and_errors_by_class() {
+    // The only test in this binary that installs a recorder (process-wide).
+    let recorder = metrics_exporter_prometheus::PrometheusBuilder::new()
+        .install_recorder()
+        .expect("recorder");
+    let (mock, brokers) = cluster(1, &[("events", 1)]);
+    mock.request_errors(
+        RDKafkaApiKey::Produce,
+        &[RespErr::RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED; 3],
+    );
+    let tmp = tempfile::tempdir().expect("tmp");
+    let drain = drain(&brokers, "events")
+        .metric_prefix("kmock")
+        .build()
+        .expect("drain");
+    let errors = drain.errors();
+    deliver(tmp.path(), drain, (0..20).map(event)).await;
+    let text = recorder.render();
+    let value = |line_start: &str| -> f64 {
+        text.lines()
+            .find(|l| l.starts_with(line_start))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no {line_start} in:\n{text}"))
+    };
+    let config = value("kmock_kafka_errors_total{class=\"config\"}");
+    assert!(config >= 1.0, "{text}");
+    assert_eq!(config as u64, errors.get().config, "{text}");
+    assert_eq!(value("kmock_kafka_errors_total{class=\"permanent\"}"), 0.0);
+    assert!(value("kmock_kafka_delivery_seconds_count") >= 1.0, "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_record_over_message_max_bytes_is_dead_lettered_alone() {
     let (_mock, brokers) = cluster(1, &[("events", 1)]);
     let tmp = tempfile::tempdir().expect("tmp");

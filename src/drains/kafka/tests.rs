@@ -63,3 +63,17 @@ fn build_refuses_to_turn_idempotence_or_acks_down() {
     let d = KafkaDrain::<u64>::json("127.0.0.1:1", "t").build();
     assert!(d.is_ok());
 }
+
+#[test]
+fn the_drain_starts_from_its_documented_settings_and_passes_others_through() {
+    let b = KafkaDrain::<u64>::json("127.0.0.1:1", "t");
+    assert_eq!(b.config.get("bootstrap.servers"), Some("127.0.0.1:1"));
+    assert_eq!(b.config.get("enable.idempotence"), Some("true"));
+    assert_eq!(b.config.get("acks"), Some("all"));
+    assert_eq!(b.config.get("linger.ms"), Some("1"));
+    let b = b.set("linger.ms", "20").set("client.id", "svc");
+    assert_eq!(b.config.get("linger.ms"), Some("20"));
+    assert_eq!(b.config.get("client.id"), Some("svc"));
+    let d = b.build().expect("build");
+    assert_eq!(d.config.get("linger.ms"), Some("20"));
+}
