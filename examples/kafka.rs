@@ -87,7 +87,6 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let a = args()?;
     let drain = KafkaDrain::<Event>::json(&a.brokers, &a.topic)
         .key(|e: &Event| Some(e.id.to_string().into_bytes()))
-        .set("linger.ms", "5")
         .build()?;
     let errors = drain.errors();
     let shutdown = CancellationToken::new();

@@ -218,7 +218,11 @@ async fn a_record_over_message_max_bytes_is_dead_lettered_alone() {
         "{}",
         dead[0].error()
     );
-    assert!(errors.get().permanent >= 1);
+    assert_eq!(
+        errors.get().permanent,
+        1,
+        "one record refused for good, counted once however deep the bisection"
+    );
     let got = read_topic(&brokers, "events", 1, READ_WITHIN);
     let ids: Vec<u64> = ids_and_seqs(&got).iter().map(|&(id, _)| id).collect();
     assert_eq!(
@@ -242,7 +246,16 @@ async fn a_broker_side_permanent_refusal_is_bisected_and_nothing_good_is_lost() 
         &[RespErr::RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE],
     );
     let stats = deliver(tmp.path(), drain, (0..40).map(event)).await;
-    assert!(errors.get().permanent >= 1, "{:?}", errors.get());
+    assert!(
+        stats.write_errors >= 1,
+        "the refusal reached the sink: {stats:?}"
+    );
+    assert_eq!(
+        errors.get().permanent,
+        0,
+        "no record was refused for good: {:?}",
+        errors.get()
+    );
     assert_eq!(stats.dead_lettered, 0, "{stats:?}");
     let got = read_topic(&brokers, "events", 1, READ_WITHIN);
     assert_eq!(got.len(), 40, "once each");
@@ -355,8 +368,20 @@ async fn dead_letters_go_to_a_dlq_topic_with_their_context_as_headers() {
     assert_eq!(g.header(dlq::ERROR).as_deref(), Some(l.error()));
     assert_eq!(g.header(dlq::ATTEMPTS), Some(l.attempts().to_string()));
     assert_eq!(g.header(dlq::CODEC_ID).as_deref(), Some("1"));
-    assert!(g.header(dlq::FIRST_FAILED_AT_MS).is_some());
-    assert!(g.header(dlq::DEAD_LETTERED_AT_MS).is_some());
+    let ms = |t: std::time::SystemTime| {
+        t.duration_since(std::time::UNIX_EPOCH)
+            .expect("after the epoch")
+            .as_millis()
+            .to_string()
+    };
+    assert_eq!(
+        g.header(dlq::FIRST_FAILED_AT_MS),
+        Some(ms(l.first_failed_at()))
+    );
+    assert_eq!(
+        g.header(dlq::DEAD_LETTERED_AT_MS),
+        Some(ms(l.dead_lettered_at()))
+    );
     assert_eq!(g.seq(), 1, "the DLQ sink's own seq");
     let back: Event = l.decode().expect("decodes");
     assert_eq!(back.id, 4);

@@ -14,7 +14,9 @@
 //! Each failed delivery is classified by its librdkafka error code ([`ErrorClass`]):
 //!
 //! - **retryable** (timeouts, transport errors, queue full, leader changes, not enough
-//!   replicas, and any code not listed below): the batch comes again after backoff.
+//!   replicas, a broker response librdkafka could not parse, a record refused only
+//!   because another record of its request was invalid, and any code not listed
+//!   below): the batch comes again after backoff.
 //! - **permanent** for that record (too large, invalid or corrupt; also a record
 //!   whose payload, key and header bytes exceed `message.max.bytes`, checked before
 //!   producing, with librdkafka's own check at produce time the final word): the sink bisects the batch down to that record and keeps it
@@ -90,9 +92,9 @@ const REBUILD_AFTER_FAILED_BATCHES: u32 = 5;
 /// How long to wait before producing again when librdkafka's local queue is full.
 const QUEUE_FULL_BACKOFF: Duration = Duration::from_millis(5);
 /// How long a record may wait for room in librdkafka's local queue before the batch
-/// fails (retryable): an outage fills the queue until messages time out, and a
-/// record that can never fit (`queue.buffering.max.kbytes` below its size) must not
-/// hold the drain forever.
+/// fails (retryable): an outage fills the queue until messages time out. (A record
+/// that can never fit, larger than `queue.buffering.max.kbytes`, is refused at once
+/// as permanent: the queue is full with nothing in it.)
 const QUEUE_FULL_LIMIT: Duration = Duration::from_secs(30);
 
 /// How a failed delivery is handled (see the module docs).
@@ -128,7 +130,6 @@ impl ErrorClass {
             | C::InvalidMessageSize
             | C::InvalidMessage
             | C::InvalidRecord
-            | C::BadMessage
             | C::MessageBatchTooLarge
             | C::KeySerialization
             | C::ValueSerialization => Self::Permanent,
@@ -164,6 +165,12 @@ impl ErrorClass {
             | C::InvalidProducerEpoch
             | C::InvalidProducerIdMapping
             | C::UnknownProducerId => Self::Fatal,
+            // Also retryable, deliberately: `BadMessage` (librdkafka could not parse the
+            // broker's *response*, so the record may well be stored: never the
+            // record's fault, and a dead letter of it could be redriven as a
+            // duplicate under a new seq) and `InvalidDifferentRecord` (the broker
+            // refused another record of the same request; `write_batch` lets the
+            // sink bisect when that record is in the batch).
             _ => Self::Retryable,
         }
     }
@@ -186,13 +193,15 @@ struct ErrorCounters {
 pub struct KafkaErrorCounts {
     /// Retryable failures (records).
     pub retryable: u64,
-    /// Records refused for good.
+    /// Records refused for good: counted once the sink's bisection has narrowed a
+    /// failed batch to that one record (the step that makes it a dead letter).
     pub permanent: u64,
     /// Configuration or authorization failures (records).
     pub config: u64,
-    /// Fatal producer errors (each rebuilt the producer; counted once per batch).
+    /// Fatal producer errors (each rebuilds the producer; counted once per batch).
     pub fatal: u64,
-    /// Producers rebuilt after a fatal error.
+    /// Producers rebuilt: after a fatal error, or after
+    /// `REBUILD_AFTER_FAILED_BATCHES` (5) failed batches in a row.
     pub rebuilds: u64,
 }
 
@@ -274,13 +283,16 @@ impl<T> KafkaDrainBuilder<T> {
     }
 
     /// The message key, taken from the record (default: none, so librdkafka's
-    /// partitioner spreads records; records with one key keep their order).
+    /// partitioner spreads records). Records with one key go to one partition, in
+    /// order, except after a failed delivery: what failed is delivered again after
+    /// what the broker had already acknowledged (the `walsink-seq` header orders them).
     pub fn key(mut self, key: impl Fn(&T) -> Option<Vec<u8>> + Send + Sync + 'static) -> Self {
         self.key = Some(Box::new(key));
         self
     }
 
-    /// Headers to add to each message, besides `walsink-seq`.
+    /// Headers to add to each message, besides `walsink-seq` (a header of that name
+    /// returned here is left out: the seq header is the drain's).
     pub fn headers(
         mut self,
         headers: impl Fn(&T) -> Vec<(&'static str, Vec<u8>)> + Send + Sync + 'static,
@@ -341,7 +353,7 @@ impl<T> KafkaDrainBuilder<T> {
         let producer: FutureProducer = self.config.create()?;
         let metrics = self.metric_prefix.as_deref().map(KafkaMetrics::new);
         Ok(KafkaDrain {
-            producer,
+            producer: Some(producer),
             config: self.config,
             topic: self.topic,
             payload: self.payload,
@@ -414,7 +426,8 @@ impl KafkaMetrics {
 /// # Ok(()) }
 /// ```
 pub struct KafkaDrain<T> {
-    producer: FutureProducer,
+    /// Always `Some` until drop, which destroys it off the runtime's workers.
+    producer: Option<FutureProducer>,
     config: ClientConfig,
     topic: String,
     payload: PayloadFn<T>,
@@ -479,6 +492,13 @@ impl<T> KafkaDrain<T> {
         }
     }
 
+    /// The producer (present from `build` until drop).
+    fn producer(&self) -> &FutureProducer {
+        self.producer
+            .as_ref()
+            .expect("invariant: the producer is taken only by drop")
+    }
+
     /// Replaces a producer librdkafka declared unusable (fatal idempotence error), or
     /// one that failed `REBUILD_AFTER_FAILED_BATCHES` batches in a row.
     fn rebuild(&mut self, why: &str, fatal: bool) -> Result<(), DrainError> {
@@ -493,9 +513,8 @@ impl<T> KafkaDrain<T> {
             .config
             .create()
             .map_err(|e| DrainError::retryable(format!("rebuild the Kafka producer: {e}")))?;
-        let old = std::mem::replace(&mut self.producer, producer);
-        // Destroying a producer joins librdkafka's threads: off the runtime's workers.
-        drop(tokio::task::spawn_blocking(move || drop(old)));
+        let old = self.producer.replace(producer);
+        destroy_off_runtime(old);
         self.errors.rebuilds.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
@@ -508,7 +527,8 @@ impl<T> KafkaDrain<T> {
             .map_err(|e| (ErrorClass::Permanent, format!("seq {seq}: encode: {e}")))?;
         let key = self.key.as_ref().and_then(|k| k(record));
         let seq_text = seq.to_string();
-        let extra = self.headers.as_ref().map(|h| h(record)).unwrap_or_default();
+        let mut extra = self.headers.as_ref().map(|h| h(record)).unwrap_or_default();
+        extra.retain(|(k, _)| *k != SEQ_HEADER);
         let size = payload.len()
             + key.as_ref().map_or(0, Vec::len)
             + SEQ_HEADER.len()
@@ -552,9 +572,19 @@ impl<T> KafkaDrain<T> {
         }
         let since = Instant::now();
         loop {
-            match self.producer.send_result(rec) {
+            match self.producer().send_result(rec) {
                 Ok(f) => return Ok(f),
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                    if self.producer().in_flight_count() == 0 {
+                        // Nothing queued, and still no room: this record alone exceeds
+                        // `queue.buffering.max.kbytes` and never will fit.
+                        return Err((
+                            ErrorClass::Permanent,
+                            format!(
+                                "seq {seq}: larger than librdkafka's whole local queue (queue.buffering.max.kbytes)"
+                            ),
+                        ));
+                    }
                     if since.elapsed() >= QUEUE_FULL_LIMIT {
                         return Err((
                             ErrorClass::Retryable,
@@ -614,7 +644,7 @@ impl KafkaDrain<DeadLetter> {
 
 impl<T: Send + 'static> SinkDrain<T> for KafkaDrain<T> {
     async fn write_batch(&mut self, batch: Batch<T>) -> Result<(), DrainError> {
-        if let Some((code, why)) = self.producer.client().fatal_error() {
+        if let Some((code, why)) = self.producer().client().fatal_error() {
             self.rebuild(&format!("{code}: {why}"), true)?;
         }
         // Acknowledgements older than this batch belong to batches the sink has since
@@ -623,8 +653,12 @@ impl<T: Send + 'static> SinkDrain<T> for KafkaDrain<T> {
             self.acked = self.acked.split_off(&first);
         }
         let started = Instant::now();
-        let mut in_flight = Vec::with_capacity(batch.len());
+        let records = batch.len();
+        let mut in_flight = Vec::with_capacity(records);
         let mut failures: Vec<(ErrorClass, String)> = Vec::new();
+        // Records the broker refused only because another record of the same request
+        // was invalid (`InvalidDifferentRecord`, KIP-467): not failures of their own.
+        let mut innocent: Vec<String> = Vec::new();
         let last_seq = batch.last_seq();
         for (seq, record) in batch.into_pairs() {
             if self.acked.contains(&seq) {
@@ -652,9 +686,12 @@ impl<T: Send + 'static> SinkDrain<T> for KafkaDrain<T> {
                     self.acked.insert(seq);
                 }
                 Ok(Err((e, _))) => {
-                    let class = e
-                        .rdkafka_error_code()
-                        .map_or(ErrorClass::Retryable, ErrorClass::of);
+                    let code = e.rdkafka_error_code();
+                    if code == Some(RDKafkaErrorCode::InvalidDifferentRecord) {
+                        innocent.push(format!("seq {seq}: {e}"));
+                        continue;
+                    }
+                    let class = code.map_or(ErrorClass::Retryable, ErrorClass::of);
                     failures.push((class, format!("seq {seq}: {e}")));
                 }
                 Err(_) => failures.push((
@@ -663,6 +700,8 @@ impl<T: Send + 'static> SinkDrain<T> for KafkaDrain<T> {
                 )),
             }
         }
+        let set_aside = fold_innocent(&mut failures, innocent);
+        self.count(ErrorClass::Retryable, set_aside);
         if failures.is_empty() {
             self.failed_in_a_row = 0;
             if let Some(m) = &self.metrics {
@@ -681,8 +720,13 @@ impl<T: Send + 'static> SinkDrain<T> for KafkaDrain<T> {
             ErrorClass::Fatal,
         ] {
             let n = failures.iter().filter(|(c, _)| *c == class).count() as u64;
-            if n > 0 && class != ErrorClass::Fatal {
-                self.count(class, n);
+            match class {
+                // Counted by `rebuild`, once per batch.
+                ErrorClass::Fatal => {}
+                // Counted when the bisection reached the record (see `KafkaErrorCounts`).
+                ErrorClass::Permanent if records > 1 => {}
+                _ if n > 0 => self.count(class, n),
+                _ => {}
             }
         }
         let first = |class: ErrorClass| failures.iter().find(|(c, _)| *c == class);
@@ -712,13 +756,49 @@ impl<T: Send + 'static> SinkDrain<T> for KafkaDrain<T> {
     }
 
     async fn close(&mut self) -> Result<(), DrainError> {
-        let producer = self.producer.clone();
+        let producer = self.producer().clone();
         let timeout = self.close_timeout;
         // flush blocks its thread: keep it off the runtime's workers.
         tokio::task::spawn_blocking(move || producer.flush(timeout))
             .await
             .map_err(|e| DrainError::retryable(format!("flush task: {e}")))?
             .map_err(|e| DrainError::retryable(format!("flush the Kafka producer: {e}")))
+    }
+}
+
+/// Decides what records refused only for another record's sake (`innocent`) mean for
+/// the batch. With the refused record in this batch (permanent failures and nothing
+/// else), the sink's bisection separates it and the innocent ones go through in their
+/// half: they are set aside (the count is returned, for the retryable counter) and the
+/// batch fails as permanent. Without it (it was in one request with records of an
+/// abandoned batch), or beside other failures, they are retryable failures: a
+/// permanent verdict would dead-letter good records, and a retryable one that hid the
+/// culprit would retry the same request forever.
+fn fold_innocent(failures: &mut Vec<(ErrorClass, String)>, innocent: Vec<String>) -> u64 {
+    let culprit_here =
+        !failures.is_empty() && failures.iter().all(|(c, _)| *c == ErrorClass::Permanent);
+    if culprit_here {
+        innocent.len() as u64
+    } else {
+        failures.extend(innocent.into_iter().map(|w| (ErrorClass::Retryable, w)));
+        0
+    }
+}
+
+impl<T> Drop for KafkaDrain<T> {
+    fn drop(&mut self) {
+        destroy_off_runtime(self.producer.take());
+    }
+}
+
+/// Drops a producer. Destroying the last handle flushes and joins librdkafka's
+/// threads (up to about 0.6 s), so inside a tokio runtime it happens on the blocking
+/// pool, never on a worker (a current-thread runtime would stall whole).
+fn destroy_off_runtime(producer: Option<FutureProducer>) {
+    let Some(producer) = producer else { return };
+    match tokio::runtime::Handle::try_current() {
+        Ok(rt) => drop(rt.spawn_blocking(move || drop(producer))),
+        Err(_) => drop(producer),
     }
 }
 
