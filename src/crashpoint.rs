@@ -23,6 +23,8 @@ pub const CRASH_POINTS: &[&str] = &[
     "cursor.before_delete",
     // One acknowledged segment deleted, the directory not synced.
     "cursor.after_delete",
+    // A chunk of zeros written ahead of the writer into the active segment, not synced.
+    "prefill.after_zero",
 ];
 
 /// Crash points of the dead-letter store (`tests/dead_letter_kill.rs`), apart from

@@ -278,6 +278,7 @@ impl<T: Send + 'static> DurableSink<T> {
                 Durability::Interval(d) => SyncPolicy::Within(d),
                 Durability::Never => SyncPolicy::OnRequest,
             },
+            prefill: true,
         };
         let metrics = Metrics::new(config.metric_prefix.as_deref());
         let dir = config.dir.clone();

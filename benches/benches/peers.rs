@@ -1,8 +1,10 @@
 //! walsink against its Rust peers on the same workloads, in one run (custom harness).
 //!
-//! - no fsync, end to end: 200 000 records of 100 B pushed by one producer and received
-//!   by one consumer (drain) until all are acknowledged. walsink `Durability::Never`
-//!   + `flush` against yaque 0.6 (`send`, then `recv_batch_up_to` + `commit`).
+//! - the three shapes users run (push everything; batches of 64 made durable; one
+//!   producer and one consumer with an fsync every 100 ms), against yaque 0.6, okaywal
+//!   0.3, raft-engine 0.4 and a raw framing loop: see `peer_shapes.rs`. Each subject
+//!   runs 3 times, alternating with the others; medians, and ratios to the raw loop
+//!   of the same run.
 //! - fsync per commit: 1 and 8 concurrent committers of 100-byte records for 4 s.
 //!   walsink `Durability::Always` + `push_durable` against okaywal 0.3
 //!   (`begin_entry` / `write_chunk` / `commit`, which fsyncs, batching concurrent commits)
@@ -11,63 +13,14 @@
 //!
 //! `cargo bench --bench peers` (add `-- --test` for a small smoke run).
 
+mod peer_shapes;
 mod support;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use support::{Noop, rt, walsink_durable};
-use tokio_util::sync::CancellationToken;
-use walsink::{Durability, DurableSink, RawCodec, SinkConfig};
-
-fn walsink_no_fsync(rt: &tokio::runtime::Runtime, n: u64) -> f64 {
-    let tmp = tempfile::tempdir().expect("tempdir");
-    let mut cfg = SinkConfig::new(tmp.path());
-    cfg.durability = Durability::Never;
-    cfg.batch_size = 4096;
-    let shutdown = CancellationToken::new();
-    let (sink, handle) = rt
-        .block_on(DurableSink::<Vec<u8>>::open_with_codec(
-            cfg,
-            RawCodec,
-            Noop,
-            shutdown.clone(),
-        ))
-        .expect("open");
-    let secs = rt.block_on(async {
-        let start = Instant::now();
-        for _ in 0..n {
-            sink.push(vec![7u8; 100]).await.expect("push");
-        }
-        sink.flush().await.expect("flush");
-        start.elapsed().as_secs_f64()
-    });
-    shutdown.cancel();
-    rt.block_on(handle.join()).expect("join");
-    n as f64 / secs
-}
-
-fn yaque_no_fsync(rt: &tokio::runtime::Runtime, n: u64) -> f64 {
-    let tmp = tempfile::tempdir().expect("tempdir");
-    let (mut tx, mut rx) = yaque::channel(tmp.path().join("q")).expect("yaque channel");
-    rt.block_on(async move {
-        let consumer = tokio::spawn(async move {
-            let mut got = 0u64;
-            while got < n {
-                let batch = rx.recv_batch_up_to(4096).await.expect("recv");
-                got += batch.len() as u64;
-                batch.commit().expect("commit");
-            }
-        });
-        let start = Instant::now();
-        for _ in 0..n {
-            tx.send(vec![7u8; 100]).await.expect("send");
-        }
-        consumer.await.expect("consumer");
-        n as f64 / start.elapsed().as_secs_f64()
-    })
-}
+use support::{rt, walsink_durable};
 
 fn walsink_fsync(rt: &tokio::runtime::Runtime, callers: usize, measure: Duration) -> f64 {
     let tmp = tempfile::tempdir().expect("tempdir");
@@ -133,26 +86,12 @@ fn raft_engine_fsync(callers: usize, measure: Duration) -> f64 {
 fn main() {
     let smoke = std::env::args().any(|a| a == "--test");
     let rt = rt();
-    let n = if smoke { 5_000 } else { 200_000 };
     let measure = if smoke {
         Duration::from_millis(200)
     } else {
         Duration::from_secs(4)
     };
-    let reps = if smoke { 1 } else { 3 };
-    let med = |mut v: Vec<f64>| {
-        v.sort_by(|a, b| a.total_cmp(b));
-        v[v.len() / 2]
-    };
-    println!("== no fsync, end to end: {n} records of 100 B, median of {reps}");
-    let w = med((0..reps).map(|_| walsink_no_fsync(&rt, n)).collect());
-    let y = med((0..reps).map(|_| yaque_no_fsync(&rt, n)).collect());
-    println!(
-        "walsink Never + flush {:>10.0} rec/s | yaque 0.6 send/recv/commit {:>10.0} rec/s | walsink/yaque {:.2}",
-        w,
-        y,
-        w / y
-    );
+    shapes(&rt, smoke);
     println!("== fsync per commit, 100 B records, {measure:?} per run");
     for callers in [1usize, 8] {
         let w = walsink_fsync(&rt, callers, measure);
@@ -167,4 +106,118 @@ fn main() {
             w / r
         );
     }
+}
+
+/// The median of `v`.
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v.get(v.len() / 2).copied().unwrap_or_default()
+}
+
+/// Runs `subjects` `reps` times each, alternating (one of each per rep); the median
+/// time of each.
+fn alternate(reps: usize, subjects: &mut [&mut dyn FnMut() -> Duration]) -> Vec<Duration> {
+    let mut times = vec![Vec::new(); subjects.len()];
+    for _ in 0..reps {
+        for (i, s) in subjects.iter_mut().enumerate() {
+            times[i].push(s());
+        }
+    }
+    times.into_iter().map(median).collect()
+}
+
+fn line(name: &str, n: usize, t: Duration, raw: Duration) {
+    println!(
+        "  {name:<44} {:>9.1} ms {:>10.0} rec/s  {:.2}x raw",
+        t.as_secs_f64() * 1e3,
+        n as f64 / t.as_secs_f64(),
+        raw.as_secs_f64() / t.as_secs_f64()
+    );
+}
+
+fn shapes(rt: &tokio::runtime::Runtime, smoke: bool) {
+    use peer_shapes::*;
+    let reps = if smoke { 1 } else { 3 };
+    let n = if smoke { 20_000 } else { 1_000_000 };
+    let nb = if smoke { 6_400 } else { 100_000 };
+
+    println!(
+        "== push_all: {n} records of {RECORD_BYTES} B, no fsync, until delivered; median of {reps}"
+    );
+    let t = alternate(
+        reps,
+        &mut [
+            &mut || raw_loop(&records(n), None),
+            &mut || walsink_push_all(rt, records(n), walsink::Durability::Never),
+            &mut || yaque_push_all(rt, records(n)),
+        ],
+    );
+    line("raw frame+CRC+write_all", n, t[0], t[0]);
+    line("walsink Never, push each, flush", n, t[1], t[0]);
+    line("yaque send_batch(1024)/recv_batch_up_to", n, t[2], t[0]);
+    println!(
+        "  walsink/yaque {:.2}",
+        t[2].as_secs_f64() / t[1].as_secs_f64()
+    );
+
+    println!(
+        "== batch64_sync: {nb} records in batches of {BATCH}, each durable before the next; median of {reps}"
+    );
+    let mut runs: Vec<Vec<Batches>> = (0..4).map(|_| Vec::new()).collect();
+    for _ in 0..reps {
+        runs[0].push(raw_batches(&records(nb)));
+        runs[1].push(walsink_batches(rt, records(nb)));
+        runs[2].push(okaywal_batches(&records(nb)));
+        runs[3].push(raft_engine_batches(records(nb)));
+    }
+    let med: Vec<(Duration, Duration)> = runs
+        .into_iter()
+        .map(|r| {
+            let total = median(r.iter().map(|b| b.total).collect());
+            let p50 = median(r.iter().map(|b| b.p50()).collect());
+            (total, p50)
+        })
+        .collect();
+    let names = [
+        "raw write_all+fdatasync per batch",
+        "walsink 64 try_push + sync",
+        "okaywal one entry per batch, commit",
+        "raft-engine one LogBatch, write(sync)",
+    ];
+    for (name, (total, p50)) in names.iter().zip(&med) {
+        line(name, nb, *total, med[0].0);
+        println!("  {:<44} p50 {:.3} ms/batch", "", p50.as_secs_f64() * 1e3);
+    }
+    println!(
+        "  walsink/okaywal {:.2}, walsink/raft-engine {:.2}",
+        med[2].0.as_secs_f64() / med[1].0.as_secs_f64(),
+        med[3].0.as_secs_f64() / med[1].0.as_secs_f64()
+    );
+
+    println!(
+        "== e2e_interval: {n} records, one producer and one consumer, fsync every 100 ms; median of {reps}"
+    );
+    let every = Duration::from_millis(100);
+    let t = alternate(
+        reps,
+        &mut [
+            &mut || raw_loop(&records(n), Some(every)),
+            &mut || walsink_push_all(rt, records(n), walsink::Durability::Interval(every)),
+            &mut || yaque_push_all(rt, records(n)),
+            &mut || mpsc_push_all(rt, records(n)),
+        ],
+    );
+    line("raw frame+CRC+write_all, fdatasync/100 ms", n, t[0], t[0]);
+    line("walsink Interval(100 ms), push each, flush", n, t[1], t[0]);
+    line(
+        "yaque send_batch/recv_batch_up_to (no fsync)",
+        n,
+        t[2],
+        t[0],
+    );
+    line("tokio mpsc in memory (yardstick)", n, t[3], t[0]);
+    println!(
+        "  walsink/yaque {:.2}",
+        t[2].as_secs_f64() / t[1].as_secs_f64()
+    );
 }

@@ -195,6 +195,8 @@ pub(super) async fn offline(
             max_record_bytes: FRAME_PAYLOAD_LIMIT_BYTES,
             max_disk_bytes: u64::MAX,
             sync_policy: SyncPolicy::OnRequest,
+            // A short-lived writer of a few records: no thread for it.
+            prefill: false,
         };
         let wal =
             Wal::open(Arc::clone(&storage), cfg, Metrics::new(None)).map_err(|e| match e {

@@ -617,7 +617,7 @@ async fn a_panic_in_the_writer_is_an_error_not_a_clean_shutdown() {
     let disk = SimDisk::new(10);
     let dir = Path::new("/wal");
     let (sink, handle, _shutdown) = open(&disk, config(dir), Stuck).await.expect("open");
-    disk.panic_on_write();
+    disk.panic_on_write("walsink-writer");
     let pushed = within("push_durable", sink.push_durable(1)).await;
     assert!(matches!(pushed, Err(SinkError::Io(_))), "{pushed:?}");
     let joined = within("join", handle.join()).await;

@@ -36,7 +36,8 @@
 //!   stop a thread at a known point; `syncs_held` says how many wait there).
 //! - `fail_writes(true)`: every write and `fallocate` fails with ENOSPC and writes
 //!   nothing, overwrites included (a disk that is full for every purpose).
-//! - `panic_on_write(true)`: the next file write panics (a bug in the caller's thread).
+//! - `panic_on_write(thread)`: the next file write by the thread of that name panics (a
+//!   bug in that thread).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io;
@@ -124,7 +125,7 @@ struct State {
     fail_writes: bool,
     /// Calls that could change the disk (writes, syncs, creates, renames, deletes).
     changes: u64,
-    panic_on_write: bool,
+    panic_on_write: Option<&'static str>,
 }
 
 /// Whether `path` is the root (always present, always durable).
@@ -211,7 +212,7 @@ impl SimDisk {
                 flaky_reads: 0,
                 fail_writes: false,
                 changes: 0,
-                panic_on_write: false,
+                panic_on_write: None,
             }),
             sync_gate: (Mutex::new(Gate::default()), Condvar::new()),
         })
@@ -299,9 +300,10 @@ impl SimDisk {
         self.lock().fail_writes = fail;
     }
 
-    /// Makes the next file write panic (then clears itself).
-    pub(crate) fn panic_on_write(&self) {
-        self.lock().panic_on_write = true;
+    /// Makes the next file write by the thread named `thread` panic (then clears
+    /// itself).
+    pub(crate) fn panic_on_write(&self, thread: &'static str) {
+        self.lock().panic_on_write = Some(thread);
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -622,7 +624,10 @@ impl StorageFile for SimFile {
         let mut s = self.disk.lock();
         s.check(self.epoch)?;
         s.changes += 1;
-        if std::mem::take(&mut s.panic_on_write) {
+        if s.panic_on_write.is_some()
+            && s.panic_on_write == std::thread::current().name()
+            && s.panic_on_write.take().is_some()
+        {
             drop(s);
             panic!("simulated bug: panic inside a file write");
         }

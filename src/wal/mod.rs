@@ -42,7 +42,8 @@
 //!    once into its arena and wakes the writer only when it is idle).
 //! 2. The writer thread assigns the next seq, frames it (length, CRC-32, seq, payload),
 //!    and writes the round's frames with one `pwrite` into the active segment, which
-//!    was preallocated when it was created. Then it publishes the segment's logical
+//!    was preallocated when it was created and is zero-filled a little ahead of the
+//!    writer by the prefill thread ([`prefill`]: never over a byte the writer wrote). Then it publishes the segment's logical
 //!    length and `written_seq`; readers never look past that length.
 //!    From here on a process crash cannot lose the record (it is in the page cache).
 //! 3. An fdatasync (per [`Durability`](crate::Durability), or requested by `sync` /
@@ -90,6 +91,7 @@
 pub(crate) mod cursor;
 pub(crate) mod format;
 mod open;
+pub(crate) mod prefill;
 pub(crate) mod reader;
 pub(crate) mod recovery;
 pub(crate) mod register;

@@ -36,6 +36,8 @@ pub(crate) struct WalConfig {
     pub(crate) max_disk_bytes: u64,
     /// When the writer fsyncs on its own.
     pub(crate) sync_policy: SyncPolicy,
+    /// Zero-fill the active segment ahead of the writer (a thread; see `prefill`).
+    pub(crate) prefill: bool,
 }
 
 /// An opened log, ready to be handed to the writer thread and the delivery task.
@@ -120,6 +122,7 @@ impl Wal {
             active_len: rec.active_len,
             next_seq: rec.next_seq,
             lease: rec.lease,
+            prefill: cfg.prefill,
             lock: Arc::clone(&lock),
         });
         Ok(Self {

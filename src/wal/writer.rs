@@ -50,6 +50,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use super::format::{MAX_SEQ, SEGMENT_HEADER_BYTES, SegmentHeader, encode_frame, frame_bytes};
+use super::prefill::Prefill;
 use super::register::Register;
 use super::segment::{SegmentInfo, SegmentSet, create_segment, segment_path};
 use super::storage::{LockGuard, Storage, StorageFile};
@@ -108,6 +109,8 @@ pub(crate) struct WriterLog {
     pub(crate) active_len: u64,
     pub(crate) next_seq: u64,
     pub(crate) lease: Register,
+    /// Zero-fill the active segment ahead of the writer ([`super::prefill`]).
+    pub(crate) prefill: bool,
     /// The directory lock, held (with the cursor's clone) while anything may write.
     #[allow(dead_code, reason = "held for its drop, never read")]
     pub(crate) lock: Arc<dyn LockGuard>,
@@ -153,6 +156,9 @@ enum Progress {
 /// The writer's state. See the module doc.
 #[derive(Debug)]
 pub(crate) struct WalWriter {
+    /// Declared first, so dropped first: its thread is joined before `log` releases
+    /// the directory lock.
+    prefill: Option<Prefill>,
     log: WriterLog,
     buf: Vec<u8>,
     /// Written bytes not yet covered by an fsync.
@@ -179,7 +185,16 @@ pub(crate) struct WalWriter {
 
 impl WalWriter {
     pub(crate) fn new(log: WriterLog) -> Self {
+        let prefill = if log.prefill { Prefill::spawn() } else { None };
+        if let Some(p) = &prefill {
+            p.start(
+                log.storage.as_ref(),
+                segment_path(&log.dir, log.active_first_seq),
+                log.active_len,
+            );
+        }
         Self {
+            prefill,
             log,
             buf: Vec::with_capacity(WRITE_BUF_BYTES),
             unsynced: false,
@@ -254,10 +269,14 @@ impl WalWriter {
         if self.buf.is_empty() {
             return Ok(());
         }
+        if let Some(p) = &self.prefill {
+            p.before_write(self.log.active_len + self.buf.len() as u64);
+        }
         if let Err(e) = self.log.active.write_all_at(&self.buf, self.log.active_len) {
             if !is_no_space(&e) {
                 return Err(Stop::Fatal(e));
             }
+            self.stop_prefill();
             // Cut off whatever part of the buffer did land, so the segment ends at its
             // last complete frame and the retry writes at the same offset. If even that
             // fails, the file's end is unknown: fatal. No fsync: the partial bytes were
@@ -300,6 +319,11 @@ impl WalWriter {
         // written since the last one, so no waiter is answered before it. Any error here
         // is fatal, ENOSPC included (writeback failed; the data may be gone).
         self.log.active.sync().map_err(Stop::Fatal)?;
+        // An fsync of the prefill thread in between may have dropped this file's dirty
+        // pages: then this one proves nothing (fsyncgate), and the sink fails.
+        if let Some(p) = &self.prefill {
+            p.check_syncs().map_err(Stop::Fatal)?;
+        }
         crate::crashpoint::hit("writer.after_sync");
         let took = started.elapsed();
         self.fsync_avg = (self.fsync_avg * 7 + took) / 8;
@@ -318,6 +342,7 @@ impl WalWriter {
     /// ends at its last frame, so readers and recovery never meet the zeros.
     fn seal_active(&mut self) -> Result<(), Stop> {
         self.write_out()?;
+        self.stop_prefill();
         self.log.active.set_len(self.log.active_len)?;
         self.unsynced = true;
         // fsync: makes the frames and the trimmed size durable together.
@@ -384,7 +409,21 @@ impl WalWriter {
         self.log.active = file;
         self.log.active_first_seq = first_seq;
         self.log.active_len = header_bytes;
+        if let Some(p) = &self.prefill {
+            p.start(
+                self.log.storage.as_ref(),
+                segment_path(&self.log.dir, first_seq),
+                header_bytes,
+            );
+        }
         Ok(())
+    }
+
+    /// Ends zero-filling of the active segment before the writer changes its length.
+    fn stop_prefill(&self) {
+        if let Some(p) = &self.prefill {
+            p.take_over();
+        }
     }
 
     fn sync_deadline(&self) -> Option<Instant> {

@@ -12,6 +12,7 @@ fn config(dir: &Path) -> WalConfig {
         max_record_bytes: 64,
         max_disk_bytes: 1 << 20,
         sync_policy: SyncPolicy::OnRequest,
+        prefill: false,
     }
 }
 
