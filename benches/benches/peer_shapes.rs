@@ -307,3 +307,171 @@ pub fn raft_engine_batches(recs: Vec<Vec<u8>>) -> Batches {
         per_batch,
     }
 }
+
+// ---- Floors: the raw loop with the costs a durable queue cannot avoid ----
+
+/// A file of `bytes` zeros, written and synced before the clock (as okaywal's
+/// recycled segments and walsink's prefilled ones are).
+fn zeroed_file(dir: &std::path::Path, bytes: usize) -> std::fs::File {
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .read(true)
+        .write(true)
+        .open(dir.join("zeroed.log"))
+        .expect("open zeroed file");
+    let zeros = vec![0u8; 1 << 20];
+    let mut left = bytes;
+    while left > 0 {
+        let n = left.min(zeros.len());
+        (&f).write_all(&zeros[..n]).expect("zero");
+        left -= n;
+    }
+    f.sync_all().expect("sync zeros");
+    f
+}
+
+/// Floor of batch64_sync without a hand-off: each batch framed, `pwrite` into a
+/// zero-filled file and fdatasync, on the caller's thread.
+pub fn raw_batches_zeroed(recs: &[Vec<u8>]) -> Batches {
+    use std::os::unix::fs::FileExt;
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let f = zeroed_file(tmp.path(), recs.len() * (RECORD_BYTES + 16) + (1 << 20));
+    let mut buf = Vec::with_capacity(BATCH * (RECORD_BYTES + 16));
+    let (mut seq, mut at) = (0u64, 0u64);
+    batches(recs, |chunk| {
+        buf.clear();
+        for r in chunk {
+            seq += 1;
+            raw_frame(&mut buf, seq, r);
+        }
+        f.write_all_at(&buf, at).expect("pwrite");
+        at += buf.len() as u64;
+        f.sync_data().expect("fdatasync");
+    })
+}
+
+/// Floor of batch64_sync behind an async API: the caller (a task, as walsink's
+/// callers are) frames each batch and hands it to a writer thread through a tokio
+/// channel; the thread `pwrite`s it into a zero-filled file, fdatasyncs and answers
+/// through a oneshot. walsink's `sync` makes the same two thread hand-offs.
+pub fn raw_batches_zeroed_handoff(rt: &tokio::runtime::Runtime, recs: &[Vec<u8>]) -> Batches {
+    use std::os::unix::fs::FileExt;
+    type Job = (Vec<u8>, tokio::sync::oneshot::Sender<()>);
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let f = zeroed_file(tmp.path(), recs.len() * (RECORD_BYTES + 16) + (1 << 20));
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Job>();
+    let writer = std::thread::spawn(move || {
+        let mut at = 0u64;
+        while let Some((buf, done)) = rx.blocking_recv() {
+            f.write_all_at(&buf, at).expect("pwrite");
+            at += buf.len() as u64;
+            f.sync_data().expect("fdatasync");
+            let _ = done.send(());
+        }
+    });
+    let result = rt.block_on(async {
+        let start = Instant::now();
+        let mut per_batch = Vec::with_capacity(recs.len() / BATCH + 1);
+        let mut seq = 0u64;
+        for chunk in recs.chunks(BATCH) {
+            let t = Instant::now();
+            let mut buf = Vec::with_capacity(BATCH * (RECORD_BYTES + 16));
+            for r in chunk {
+                seq += 1;
+                raw_frame(&mut buf, seq, r);
+            }
+            let (done, answer) = tokio::sync::oneshot::channel();
+            tx.send((buf, done)).expect("writer alive");
+            answer.await.expect("answered");
+            per_batch.push(t.elapsed());
+        }
+        Batches {
+            total: start.elapsed(),
+            per_batch,
+        }
+    });
+    drop(tx);
+    writer.join().expect("writer thread");
+    result
+}
+
+/// Floor of push_all and e2e_interval: the raw loop split the way any durable queue
+/// with a consumer must split it. The producer frames records into 1 MiB buffers and
+/// hands each to a writer thread (`write_all`; with `sync_every`, an fdatasync
+/// whenever that long passed, and at the end), which passes the written end to a
+/// consumer thread; the consumer reads the frames back, checks each CRC and copies
+/// each payload into a `Vec` of its own (what a drain receives). Done when the
+/// consumer has every record.
+pub fn raw_pipeline(recs: &[Vec<u8>], sync_every: Option<Duration>) -> Duration {
+    use std::os::unix::fs::FileExt;
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let out = append_file(tmp.path());
+    let input = std::fs::File::open(tmp.path().join("raw.log")).expect("open for reading");
+    let n = recs.len();
+    let (to_writer, from_producer) = std::sync::mpsc::sync_channel::<Vec<u8>>(4);
+    let (to_consumer, from_writer) = std::sync::mpsc::channel::<u64>();
+    let start = Instant::now();
+    let writer = std::thread::spawn(move || {
+        let mut out = out;
+        let (mut end, mut last_sync) = (0u64, Instant::now());
+        for buf in from_producer {
+            out.write_all(&buf).expect("write");
+            end += buf.len() as u64;
+            if let Some(every) = sync_every
+                && last_sync.elapsed() >= every
+            {
+                out.sync_data().expect("fdatasync");
+                last_sync = Instant::now();
+            }
+            let _ = to_consumer.send(end);
+        }
+        if sync_every.is_some() {
+            out.sync_data().expect("fdatasync");
+        }
+    });
+    let consumer = std::thread::spawn(move || {
+        let (mut read_to, mut got) = (0u64, 0usize);
+        let mut buf = Vec::new();
+        let mut delivered: Vec<Vec<u8>> = Vec::with_capacity(4096);
+        for end in from_writer {
+            buf.resize((end - read_to) as usize, 0);
+            input.read_exact_at(&mut buf, read_to).expect("read back");
+            let mut at = 0usize;
+            while at + 16 <= buf.len() {
+                let len = u32::from_le_bytes(buf[at..at + 4].try_into().expect("4")) as usize;
+                let crc = u32::from_le_bytes(buf[at + 4..at + 8].try_into().expect("4"));
+                let mut h = crc32fast::Hasher::new();
+                h.update(&buf[at..at + 4]);
+                h.update(&buf[at + 8..at + 16 + len]);
+                assert_eq!(h.finalize(), crc, "frame at {at}");
+                delivered.push(buf[at + 16..at + 16 + len].to_vec());
+                if delivered.len() == 4096 {
+                    delivered.clear(); // the drain took the batch
+                }
+                at += 16 + len;
+                got += 1;
+            }
+            read_to += at as u64;
+        }
+        got
+    });
+    let mut buf = Vec::with_capacity((1 << 20) + 256);
+    for (i, r) in recs.iter().enumerate() {
+        raw_frame(&mut buf, i as u64 + 1, r);
+        if buf.len() >= 1 << 20 {
+            to_writer
+                .send(std::mem::replace(
+                    &mut buf,
+                    Vec::with_capacity((1 << 20) + 256),
+                ))
+                .expect("writer alive");
+        }
+    }
+    to_writer.send(buf).expect("writer alive");
+    drop(to_writer);
+    writer.join().expect("writer thread");
+    let got = consumer.join().expect("consumer thread");
+    assert_eq!(got, n, "the consumer got every record");
+    start.elapsed()
+}

@@ -108,6 +108,13 @@ fn main() {
     }
 }
 
+/// Writes back every dirty page before a run (`sync`), so that no run pays for the
+/// writeback of the one before it (on this machine a raw loop after a run that left
+/// ~100 MB dirty took 4x as long).
+fn settle() {
+    let _ = std::process::Command::new("sync").status();
+}
+
 /// The median of `v`.
 fn median(mut v: Vec<Duration>) -> Duration {
     v.sort();
@@ -120,6 +127,7 @@ fn alternate(reps: usize, subjects: &mut [&mut dyn FnMut() -> Duration]) -> Vec<
     let mut times = vec![Vec::new(); subjects.len()];
     for _ in 0..reps {
         for (i, s) in subjects.iter_mut().enumerate() {
+            settle();
             times[i].push(s());
         }
     }
@@ -150,11 +158,22 @@ fn shapes(rt: &tokio::runtime::Runtime, smoke: bool) {
             &mut || raw_loop(&records(n), None),
             &mut || walsink_push_all(rt, records(n), walsink::Durability::Never),
             &mut || yaque_push_all(rt, records(n)),
+            &mut || raw_pipeline(&records(n), None),
         ],
     );
     line("raw frame+CRC+write_all", n, t[0], t[0]);
     line("walsink Never, push each, flush", n, t[1], t[0]);
     line("yaque send_batch(1024)/recv_batch_up_to", n, t[2], t[0]);
+    line(
+        "floor: raw pipeline, writer+consumer threads",
+        n,
+        t[3],
+        t[0],
+    );
+    println!(
+        "  walsink/floor {:.2}",
+        t[3].as_secs_f64() / t[1].as_secs_f64()
+    );
     println!(
         "  walsink/yaque {:.2}",
         t[2].as_secs_f64() / t[1].as_secs_f64()
@@ -163,12 +182,20 @@ fn shapes(rt: &tokio::runtime::Runtime, smoke: bool) {
     println!(
         "== batch64_sync: {nb} records in batches of {BATCH}, each durable before the next; median of {reps}"
     );
-    let mut runs: Vec<Vec<Batches>> = (0..4).map(|_| Vec::new()).collect();
+    let mut runs: Vec<Vec<Batches>> = (0..6).map(|_| Vec::new()).collect();
     for _ in 0..reps {
+        settle();
         runs[0].push(raw_batches(&records(nb)));
+        settle();
         runs[1].push(walsink_batches(rt, records(nb)));
+        settle();
         runs[2].push(okaywal_batches(&records(nb)));
+        settle();
         runs[3].push(raft_engine_batches(records(nb)));
+        settle();
+        runs[4].push(raw_batches_zeroed(&records(nb)));
+        settle();
+        runs[5].push(raw_batches_zeroed_handoff(rt, &records(nb)));
     }
     let med: Vec<(Duration, Duration)> = runs
         .into_iter()
@@ -183,15 +210,18 @@ fn shapes(rt: &tokio::runtime::Runtime, smoke: bool) {
         "walsink 64 try_push + sync",
         "okaywal one entry per batch, commit",
         "raft-engine one LogBatch, write(sync)",
+        "floor: raw pwrite+fdatasync, zero-filled file",
+        "floor: the same behind an async hand-off",
     ];
     for (name, (total, p50)) in names.iter().zip(&med) {
         line(name, nb, *total, med[0].0);
         println!("  {:<44} p50 {:.3} ms/batch", "", p50.as_secs_f64() * 1e3);
     }
     println!(
-        "  walsink/okaywal {:.2}, walsink/raft-engine {:.2}",
+        "  walsink/okaywal {:.2}, walsink/raft-engine {:.2}, walsink/floor-with-hand-off {:.2}",
         med[2].0.as_secs_f64() / med[1].0.as_secs_f64(),
-        med[3].0.as_secs_f64() / med[1].0.as_secs_f64()
+        med[3].0.as_secs_f64() / med[1].0.as_secs_f64(),
+        med[5].0.as_secs_f64() / med[1].0.as_secs_f64()
     );
 
     println!(
@@ -205,6 +235,7 @@ fn shapes(rt: &tokio::runtime::Runtime, smoke: bool) {
             &mut || walsink_push_all(rt, records(n), walsink::Durability::Interval(every)),
             &mut || yaque_push_all(rt, records(n)),
             &mut || mpsc_push_all(rt, records(n)),
+            &mut || raw_pipeline(&records(n), Some(every)),
         ],
     );
     line("raw frame+CRC+write_all, fdatasync/100 ms", n, t[0], t[0]);
@@ -216,8 +247,10 @@ fn shapes(rt: &tokio::runtime::Runtime, smoke: bool) {
         t[0],
     );
     line("tokio mpsc in memory (yardstick)", n, t[3], t[0]);
+    line("floor: raw pipeline, fdatasync/100 ms", n, t[4], t[0]);
     println!(
-        "  walsink/yaque {:.2}",
-        t[2].as_secs_f64() / t[1].as_secs_f64()
+        "  walsink/yaque {:.2}, walsink/floor {:.2}",
+        t[2].as_secs_f64() / t[1].as_secs_f64(),
+        t[4].as_secs_f64() / t[1].as_secs_f64()
     );
 }

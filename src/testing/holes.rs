@@ -629,6 +629,34 @@ async fn a_panic_in_the_writer_is_an_error_not_a_clean_shutdown() {
     assert!(matches!(after, Err(SinkError::Io(_))), "{after:?}");
 }
 
+/// Hole (found in review): the prefill thread fsyncs the active segment through its
+/// own handle. When that fsync fails, the writer's dirty pages of the same file may be
+/// gone (fsyncgate), and the writer's next fsync "succeeds" with nothing left to
+/// flush. The writer checks the thread's fsyncs after its own, so `sync` fails.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_fsync_of_the_prefill_thread_is_never_followed_by_a_confirmation() {
+    let disk = SimDisk::new(12);
+    let mut cfg = config(Path::new("/wal"));
+    // Large enough that the thread zeroes ahead of the header from the start.
+    cfg.segment_bytes = 64 << 10;
+    cfg.durability = crate::Durability::Never;
+    disk.fail_next_sync_in("walsink-prefill");
+    let (sink, handle, shutdown) = open(&disk, cfg, Stuck).await.expect("open");
+    within("the prefill thread's failed fsync", async {
+        while disk.failed_syncs() == 0 {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    })
+    .await;
+    sink.push(1).await.expect("push");
+    let synced = within("sync", sink.sync()).await;
+    assert!(matches!(synced, Err(SinkError::Io(_))), "{synced:?}");
+    // Sticky: never confirmed later either.
+    let again = within("push_durable", sink.push_durable(2)).await;
+    assert!(again.is_err(), "{again:?}");
+    wind_down(sink, handle, shutdown).await;
+}
+
 /// Never finishes closing.
 struct SlowClose;
 

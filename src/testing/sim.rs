@@ -126,6 +126,10 @@ struct State {
     /// Calls that could change the disk (writes, syncs, creates, renames, deletes).
     changes: u64,
     panic_on_write: Option<&'static str>,
+    /// The next fsync by the thread of this name fails (once).
+    fail_sync_in: Option<&'static str>,
+    /// Fsyncs that failed so far.
+    failed_syncs: u64,
 }
 
 /// Whether `path` is the root (always present, always durable).
@@ -213,6 +217,8 @@ impl SimDisk {
                 fail_writes: false,
                 changes: 0,
                 panic_on_write: None,
+                fail_sync_in: None,
+                failed_syncs: 0,
             }),
             sync_gate: (Mutex::new(Gate::default()), Condvar::new()),
         })
@@ -280,6 +286,11 @@ impl SimDisk {
     }
 
     fn wait_sync_gate(&self) {
+        // The gate parks the sink's own threads; the prefill thread's fsyncs of zeros
+        // pass (a test holding the writer must not find the prefill thread held instead).
+        if std::thread::current().name() == Some("walsink-prefill") {
+            return;
+        }
         let (m, cv) = &self.sync_gate;
         let mut gate = m.lock().unwrap_or_else(PoisonError::into_inner);
         while gate.held {
@@ -298,6 +309,16 @@ impl SimDisk {
     /// While `true`, every write and `fallocate` fails with ENOSPC, writing nothing.
     pub(crate) fn fail_writes(&self, fail: bool) {
         self.lock().fail_writes = fail;
+    }
+
+    /// Makes the next fsync by the thread named `thread` fail (once).
+    pub(crate) fn fail_next_sync_in(&self, thread: &'static str) {
+        self.lock().fail_sync_in = Some(thread);
+    }
+
+    /// Fsyncs that failed so far.
+    pub(crate) fn failed_syncs(&self) -> u64 {
+        self.lock().failed_syncs
     }
 
     /// Makes the next file write by the thread named `thread` panic (then clears
@@ -669,7 +690,14 @@ impl StorageFile for SimFile {
         let mut s = self.disk.lock();
         s.check(self.epoch)?;
         s.changes += 1;
-        let fails = s.sync_fails();
+        let mut fails = s.sync_fails();
+        if s.fail_sync_in.is_some() && s.fail_sync_in == std::thread::current().name() {
+            s.fail_sync_in = None;
+            fails = true;
+        }
+        if fails {
+            s.failed_syncs += 1;
+        }
         let inode = s
             .inodes
             .get_mut(&self.inode)

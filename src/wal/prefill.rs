@@ -7,7 +7,10 @@
 //! change, so an fdatasync after such a write also commits the journal. Writing zeros
 //! over the region first, and syncing them, makes the extents plain written blocks:
 //! the writer's later fdatasyncs then flush data only. On the project's machine that
-//! took a batch of 64 records + `sync` from 0.23 to 0.15–0.19 ms (docs/PERFORMANCE.md).
+//! took 100 000 records in batches of 64 + `sync` from 382–390 ms to 251–277 ms (3
+//! alternating runs; docs/PERFORMANCE.md). On a copy-on-write filesystem (btrfs) the
+//! zeros use up the preallocated extents' one in-place write, so it gains nothing
+//! there.
 //! The zeros are written off the writer's path, by this thread, ahead of the writer.
 //!
 //! # The protocol (no byte the writer wrote is ever overwritten)
@@ -206,12 +209,12 @@ impl Prefill {
         let inner = &*self.inner;
         let zeroed_to = inner.zeroed_to.load(Ordering::Acquire);
         if end <= inner.floor.load(Ordering::Acquire) || end <= zeroed_to {
-            inner.position.store(end, Ordering::Release);
-            // Wake the thread once the writer has used up half its window. Taking the
-            // lock first: the thread checks the position and starts waiting under it,
-            // so the wake-up cannot fall between the two and be lost.
+            // SeqCst with the thread's `parked` store then `position` load: either it
+            // sees this position, or this sees it parked and wakes it (taking the lock
+            // first, so the wake-up cannot fall before its wait).
+            inner.position.store(end, Ordering::SeqCst);
             let half = inner.window.load(Ordering::Relaxed) / 2;
-            if zeroed_to < end.saturating_add(half) && inner.parked.load(Ordering::Acquire) {
+            if zeroed_to < end.saturating_add(half) && inner.parked.load(Ordering::SeqCst) {
                 drop(lock(&inner.state));
                 inner.changed.notify_all();
             }
@@ -350,21 +353,24 @@ impl Inner {
             };
             let at = job.next;
             let window = self.window.load(Ordering::Relaxed);
-            if at >= self.position.load(Ordering::Acquire).saturating_add(window) {
-                self.parked.store(true, Ordering::Release);
+            // `parked` before reading the position (see `before_write`).
+            self.parked.store(true, Ordering::SeqCst);
+            if at >= self.position.load(Ordering::SeqCst).saturating_add(window) {
                 st = self
                     .changed
                     .wait(st)
                     .unwrap_or_else(PoisonError::into_inner);
-                self.parked.store(false, Ordering::Release);
+                self.parked.store(false, Ordering::SeqCst);
                 continue;
             }
+            self.parked.store(false, Ordering::SeqCst);
             let n = (job.end - at).min(job.chunk);
             // `n <= CHUNK`, so the slice is in bounds.
             let zeros = ZEROS.get(..n as usize).unwrap_or(&ZEROS);
             if let Err(e) = job.file.write_all_at(zeros, at) {
                 tracing::debug!(error = %e, "prefill: zero write failed; the segment is not zero-filled further");
                 st.job = None;
+                self.changed.notify_all();
                 continue;
             }
             job.next = at + n;

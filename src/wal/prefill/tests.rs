@@ -84,15 +84,23 @@ fn after_take_over_nothing_more_is_written() {
     let f = file(&disk, path, len);
     let p = Prefill::spawn().expect("thread");
     p.start(disk.storage().as_ref(), path.to_path_buf(), 0);
+    p.wait_zeroed_bytes(1);
     p.take_over();
     let zeroed = p.zeroed_bytes();
-    // The writer cuts the file (sealing a segment): the thread must not extend it again.
+    // The writer cuts the file (sealing a segment)...
     f.set_len(100).expect("set_len");
+    // ...and moves far on: a job still running would now zero (and extend the file)
+    // up to its old end, and only then end.
+    p.inner.position.store(u64::MAX / 2, Ordering::SeqCst);
+    drop(lock(&p.inner.state));
+    p.inner.changed.notify_all();
+    p.wait_parked();
+    assert_eq!(p.zeroed_bytes(), zeroed, "zeros written after take_over");
     drop(p);
-    assert_eq!(f.len().expect("len"), 100);
-    assert!(
-        zeroed < 64 * CHUNK,
-        "the job ran to its end before take_over: {zeroed}"
+    assert_eq!(
+        f.len().expect("len"),
+        100,
+        "the file was extended after take_over"
     );
 }
 
