@@ -96,6 +96,23 @@ pub fn raw_loop(recs: &[Vec<u8>], sync_every: Option<Duration>) -> Duration {
     start.elapsed()
 }
 
+/// A sink of raw bytes with the no-op drain.
+fn open_noop(
+    rt: &tokio::runtime::Runtime,
+    cfg: SinkConfig,
+) -> (DurableSink<Vec<u8>>, walsink::SinkHandle, CancellationToken) {
+    let shutdown = CancellationToken::new();
+    let (sink, handle) = rt
+        .block_on(DurableSink::<Vec<u8>>::open_with_codec(
+            cfg,
+            RawCodec,
+            Noop,
+            shutdown.clone(),
+        ))
+        .expect("open");
+    (sink, handle, shutdown)
+}
+
 /// walsink: push every record, then `flush`. Returns the elapsed time.
 pub fn walsink_push_all(
     rt: &tokio::runtime::Runtime,
@@ -108,15 +125,7 @@ pub fn walsink_push_all(
     cfg.batch_size = 4096;
     cfg.queue_capacity = 1 << 16;
     cfg.max_disk_bytes = 4 << 30;
-    let shutdown = CancellationToken::new();
-    let (sink, handle) = rt
-        .block_on(DurableSink::<Vec<u8>>::open_with_codec(
-            cfg,
-            RawCodec,
-            Noop,
-            shutdown.clone(),
-        ))
-        .expect("open");
+    let (sink, handle, shutdown) = open_noop(rt, cfg);
     let elapsed = rt.block_on(async {
         let start = Instant::now();
         for r in recs {
@@ -226,15 +235,7 @@ pub fn walsink_batches(rt: &tokio::runtime::Runtime, recs: Vec<Vec<u8>>) -> Batc
     let tmp = tempfile::tempdir().expect("tempdir");
     let mut cfg = SinkConfig::new(tmp.path());
     cfg.durability = Durability::Never;
-    let shutdown = CancellationToken::new();
-    let (sink, handle) = rt
-        .block_on(DurableSink::<Vec<u8>>::open_with_codec(
-            cfg,
-            RawCodec,
-            Noop,
-            shutdown.clone(),
-        ))
-        .expect("open");
+    let (sink, handle, shutdown) = open_noop(rt, cfg);
     let mut owned: Vec<Vec<Vec<u8>>> = recs.chunks(BATCH).map(|c| c.to_vec()).collect();
     drop(recs);
     let result = rt.block_on(async {
