@@ -25,8 +25,10 @@
 //! With `DeadLetterPolicy::Keep`, a dead letter is stored (and fsynced) in the
 //! dead-letter store *before* the cursor may pass its record: the cursor advances only
 //! after `deliver_frames` returns, and that waits for the store. If storing fails, the
-//! task retries after backoff and the cursor waits; at the shutdown deadline it gives
-//! up with the cursor still below the record, which is delivered again next run. The
+//! task retries after backoff and the cursor waits (every `flush` waiting meanwhile is
+//! answered with the store's error rather than left hanging on a disk that may not
+//! recover); at the shutdown deadline it gives up with the cursor still below the
+//! record, which is delivered again next run. The
 //! store keeps one entry per original seq, so that replay stores nothing twice. A full
 //! store refuses (logged with the seq, counted) and the record is skipped: delivery
 //! never stalls on the store's cap. With `Discard`, the record is logged and skipped.
@@ -558,6 +560,37 @@ impl<T: Send + 'static, D: SinkDrain<T>> Actor<T, D> {
         }
     }
 
+    /// As [`backoff`](Self::backoff), while delivery cannot move: every flush waiting
+    /// now or arriving meanwhile is answered with `failure` instead of waiting for a
+    /// store that may not recover (a disk whose fsyncs fail).
+    async fn backoff_failing_flushes(
+        &mut self,
+        delay: Duration,
+        failure: &SinkError,
+    ) -> Result<(), Interrupted> {
+        for w in std::mem::take(&mut self.waiting) {
+            let _ = w.done.send(Err(failure.clone()));
+        }
+        let wake = Instant::now() + delay;
+        loop {
+            tokio::select! {
+                biased;
+                () = self.shutdown.cancelled(), if self.stop_at.is_none() => self.begin_stop(),
+                res = &mut self.writer_exit, if self.writer_result.is_none() => {
+                    self.writer_ended(res);
+                }
+                () = sleep_until_opt(self.stop_at) => return Err(Interrupted),
+                req = self.flushes.recv(), if self.flushes_open => match req {
+                    Some(req) => {
+                        let _ = req.done.send(Err(failure.clone()));
+                    }
+                    None => self.flushes_open = false,
+                },
+                () = tokio::time::sleep_until(wake) => return Ok(()),
+            }
+        }
+    }
+
     async fn backoff(&mut self, delay: Duration) -> Result<(), Interrupted> {
         let wake = Instant::now() + delay;
         loop {
@@ -640,9 +673,15 @@ impl<T: Send + 'static, D: SinkDrain<T>> Actor<T, D> {
                 }
                 Ok(Err(e)) => {
                     tracing::error!(seq, error = %e, "storing a dead letter failed; retrying after backoff (the cursor waits)");
+                    let failure = SinkError::Io(Arc::new(std::io::Error::new(
+                        e.kind(),
+                        format!(
+                            "storing the dead letter of seq {seq} failed (retried; the record stays in the WAL): {e}"
+                        ),
+                    )));
                     attempt = attempt.saturating_add(1);
                     let delay = self.jittered(attempt);
-                    self.backoff(delay).await?;
+                    self.backoff_failing_flushes(delay, &failure).await?;
                 }
                 Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
                 Err(_) => return Err(Interrupted),

@@ -657,6 +657,46 @@ async fn a_failed_fsync_of_the_prefill_thread_is_never_followed_by_a_confirmatio
     wind_down(sink, handle, shutdown).await;
 }
 
+/// Refuses every record for good.
+struct RejectsAll;
+
+impl SinkDrain<u64> for RejectsAll {
+    async fn write_batch(&mut self, _batch: Batch<u64>) -> Result<(), DrainError> {
+        Err(DrainError::permanent("poison"))
+    }
+}
+
+/// Hole (found by the model, seed 111498950728): a dead letter whose store kept failing
+/// (every fsync failing) was retried forever while the cursor waited, as designed, but
+/// a `flush` waiting for it never returned: with no WAL fsync due, nothing failed the
+/// sink. Flushes now get the store's error while it fails.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flush_behind_a_dead_letter_the_store_cannot_keep_fails_instead_of_hanging() {
+    let disk = SimDisk::new(13);
+    let mut cfg = config(Path::new("/wal"));
+    cfg.durability = crate::Durability::Never;
+    let (sink, handle, shutdown) = open(&disk, cfg, RejectsAll).await.expect("open");
+    // A first record renews the seq lease (an fsync) and is kept as a dead letter.
+    sink.push(1).await.expect("push");
+    within("first flush", sink.flush())
+        .await
+        .expect("first flush");
+    assert_eq!(sink.stats().dead_lettered, 1);
+    // From here on every fsync fails: the store cannot keep the next dead letter.
+    disk.fail_sync_after(Some(1));
+    sink.push(7).await.expect("push");
+    let flushed = within("flush", sink.flush()).await;
+    assert!(
+        matches!(&flushed, Err(SinkError::Io(e)) if e.to_string().contains("dead letter")),
+        "{flushed:?}"
+    );
+    // Another flush while it still fails: answered too.
+    let again = within("second flush", sink.flush()).await;
+    assert!(again.is_err(), "{again:?}");
+    assert_eq!(sink.stats().dead_lettered, 1);
+    wind_down(sink, handle, shutdown).await;
+}
+
 /// Never finishes closing.
 struct SlowClose;
 
