@@ -842,6 +842,9 @@ const REGRESSION_SEEDS: &[u64] = &[
     // Register::open trusted a slot left clean-but-not-durable by a failed fsync,
     // then overwrote the durable slot: the cursor was unreadable after power loss.
     45_138_056_503,
+    // A flush behind a dead letter the store could not keep (every fsync failing,
+    // no WAL fsync due) waited forever.
+    111_498_950_728,
 ];
 
 #[test]
