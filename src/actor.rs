@@ -27,7 +27,8 @@
 //! after `deliver_frames` returns, and that waits for the store. If storing fails, the
 //! task retries after backoff and the cursor waits (every `flush` waiting meanwhile is
 //! answered with the store's error rather than left hanging on a disk that may not
-//! recover); at the shutdown deadline it gives up with the cursor still below the
+//! recover, except for a full disk, which holds flushes until space is freed, as it
+//! holds the writer); at the shutdown deadline it gives up with the cursor still below the
 //! record, which is delivered again next run. The
 //! store keeps one entry per original seq, so that replay stores nothing twice. A full
 //! store refuses (logged with the seq, counted) and the record is skipped: delivery
@@ -681,7 +682,16 @@ impl<T: Send + 'static, D: SinkDrain<T>> Actor<T, D> {
                     )));
                     attempt = attempt.saturating_add(1);
                     let delay = self.jittered(attempt);
-                    self.backoff_failing_flushes(delay, &failure).await?;
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
+                    ) {
+                        // A full disk holds delivery until space is freed, as it holds
+                        // the writer: flushes wait for it.
+                        self.backoff(delay).await?;
+                    } else {
+                        self.backoff_failing_flushes(delay, &failure).await?;
+                    }
                 }
                 Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
                 Err(_) => return Err(Interrupted),

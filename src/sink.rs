@@ -586,7 +586,8 @@ impl<T: Send + 'static> DurableSink<T> {
     /// `Closed` if the sink shut down before the records were acknowledged (they stay
     /// on disk for the next open); `Io` if the WAL failed, or while a dead letter among
     /// them cannot be stored (the store's error; delivery retries it, the record stays
-    /// in the WAL, and a later `flush` succeeds once the store does).
+    /// in the WAL, and a later `flush` succeeds once the store does). A full disk is
+    /// not an error: the flush waits until space is freed.
     pub async fn flush(&self) -> Result<(), SinkError> {
         self.request(|tx| WriterMsg::Flush(Some(tx))).await
     }

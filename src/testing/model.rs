@@ -845,6 +845,9 @@ const REGRESSION_SEEDS: &[u64] = &[
     // A flush behind a dead letter the store could not keep (every fsync failing,
     // no WAL fsync due) waited forever.
     111_498_950_728,
+    // The fix for the seed above failed a flush while the store met a full disk that
+    // was then freed: a full disk must hold flushes, not fail them.
+    2_394_313_712_068,
 ];
 
 #[test]
