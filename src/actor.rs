@@ -561,16 +561,19 @@ impl<T: Send + 'static, D: SinkDrain<T>> Actor<T, D> {
         }
     }
 
-    /// As [`backoff`](Self::backoff), while delivery cannot move: every flush waiting
-    /// now or arriving meanwhile is answered with `failure` instead of waiting for a
-    /// store that may not recover (a disk whose fsyncs fail).
+    /// Waits `delay` (or until the shutdown deadline: `Interrupted`). With `failure`,
+    /// delivery cannot move: every flush waiting now or arriving meanwhile is answered
+    /// with it instead of waiting for a store that may not recover (a disk whose fsyncs
+    /// fail).
     async fn backoff_failing_flushes(
         &mut self,
         delay: Duration,
-        failure: &SinkError,
+        failure: Option<&SinkError>,
     ) -> Result<(), Interrupted> {
-        for w in std::mem::take(&mut self.waiting) {
-            let _ = w.done.send(Err(failure.clone()));
+        if let Some(failure) = failure {
+            for w in std::mem::take(&mut self.waiting) {
+                let _ = w.done.send(Err(failure.clone()));
+            }
         }
         let wake = Instant::now() + delay;
         loop {
@@ -581,11 +584,12 @@ impl<T: Send + 'static, D: SinkDrain<T>> Actor<T, D> {
                     self.writer_ended(res);
                 }
                 () = sleep_until_opt(self.stop_at) => return Err(Interrupted),
-                req = self.flushes.recv(), if self.flushes_open => match req {
-                    Some(req) => {
+                req = self.flushes.recv(), if failure.is_some() && self.flushes_open => match (req, failure) {
+                    (Some(req), Some(failure)) => {
                         let _ = req.done.send(Err(failure.clone()));
                     }
-                    None => self.flushes_open = false,
+                    (Some(req), None) => self.waiting.push(req),
+                    (None, _) => self.flushes_open = false,
                 },
                 () = tokio::time::sleep_until(wake) => return Ok(()),
             }
@@ -593,18 +597,7 @@ impl<T: Send + 'static, D: SinkDrain<T>> Actor<T, D> {
     }
 
     async fn backoff(&mut self, delay: Duration) -> Result<(), Interrupted> {
-        let wake = Instant::now() + delay;
-        loop {
-            tokio::select! {
-                biased;
-                () = self.shutdown.cancelled(), if self.stop_at.is_none() => self.begin_stop(),
-                res = &mut self.writer_exit, if self.writer_result.is_none() => {
-                    self.writer_ended(res);
-                }
-                () = sleep_until_opt(self.stop_at) => return Err(Interrupted),
-                () = tokio::time::sleep_until(wake) => return Ok(()),
-            }
-        }
+        self.backoff_failing_flushes(delay, None).await
     }
 
     fn entry_meta(
@@ -690,7 +683,7 @@ impl<T: Send + 'static, D: SinkDrain<T>> Actor<T, D> {
                         // the writer: flushes wait for it.
                         self.backoff(delay).await?;
                     } else {
-                        self.backoff_failing_flushes(delay, &failure).await?;
+                        self.backoff_failing_flushes(delay, Some(&failure)).await?;
                     }
                 }
                 Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
