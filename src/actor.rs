@@ -571,6 +571,8 @@ impl<T: Send + 'static, D: SinkDrain<T>> Actor<T, D> {
         failure: Option<&SinkError>,
     ) -> Result<(), Interrupted> {
         if let Some(failure) = failure {
+            // Flushes already satisfied get their `Ok` first.
+            self.answer_flushes();
             for w in std::mem::take(&mut self.waiting) {
                 let _ = w.done.send(Err(failure.clone()));
             }

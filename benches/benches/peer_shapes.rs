@@ -28,9 +28,8 @@
 use std::io::Write;
 use std::time::{Duration, Instant};
 
-use support::{Noop, raw_frame};
-use tokio_util::sync::CancellationToken;
-use walsink::{Durability, DurableSink, RawCodec, SinkConfig};
+use support::{open_noop, raw_frame};
+use walsink::{Durability, SinkConfig};
 
 use crate::support;
 
@@ -94,23 +93,6 @@ pub fn raw_loop(recs: &[Vec<u8>], sync_every: Option<Duration>) -> Duration {
         f.sync_data().expect("fdatasync");
     }
     start.elapsed()
-}
-
-/// A sink of raw bytes with the no-op drain.
-fn open_noop(
-    rt: &tokio::runtime::Runtime,
-    cfg: SinkConfig,
-) -> (DurableSink<Vec<u8>>, walsink::SinkHandle, CancellationToken) {
-    let shutdown = CancellationToken::new();
-    let (sink, handle) = rt
-        .block_on(DurableSink::<Vec<u8>>::open_with_codec(
-            cfg,
-            RawCodec,
-            Noop,
-            shutdown.clone(),
-        ))
-        .expect("open");
-    (sink, handle, shutdown)
 }
 
 /// walsink: push every record, then `flush`. Returns the elapsed time.

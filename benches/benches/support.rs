@@ -85,6 +85,27 @@ pub fn rt() -> tokio::runtime::Runtime {
         .expect("runtime")
 }
 
+/// A sink of raw bytes (`RawCodec`) with the no-op drain, and its shutdown token.
+pub fn open_noop(
+    rt: &tokio::runtime::Runtime,
+    cfg: walsink::SinkConfig,
+) -> (
+    walsink::DurableSink<Vec<u8>>,
+    walsink::SinkHandle,
+    tokio_util::sync::CancellationToken,
+) {
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let (sink, handle) = rt
+        .block_on(walsink::DurableSink::<Vec<u8>>::open_with_codec(
+            cfg,
+            walsink::RawCodec,
+            Noop,
+            shutdown.clone(),
+        ))
+        .expect("open");
+    (sink, handle, shutdown)
+}
+
 /// Never acknowledges (builds an unacknowledged backlog).
 pub struct Stuck;
 

@@ -10,9 +10,8 @@ use std::io::Write;
 use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkId, Criterion, Throughput};
-use support::{Noop, raw_frame, report, rt};
-use tokio_util::sync::CancellationToken;
-use walsink::{Durability, DurableSink, RawCodec, SinkConfig};
+use support::{open_noop, raw_frame, report, rt};
+use walsink::{Durability, SinkConfig};
 
 const RECORDS: u64 = 100_000;
 
@@ -61,15 +60,7 @@ fn main() {
         cfg.durability = Durability::Never;
         cfg.batch_size = 4096;
         cfg.queue_capacity = 1 << 16;
-        let shutdown = CancellationToken::new();
-        let (sink, handle) = rt
-            .block_on(DurableSink::<Vec<u8>>::open_with_codec(
-                cfg,
-                RawCodec,
-                Noop,
-                shutdown.clone(),
-            ))
-            .expect("open");
+        let (sink, handle, shutdown) = open_noop(&rt, cfg);
         g.bench_function(BenchmarkId::new("walsink_push_sync", RECORDS), |b| {
             b.iter_custom(|iters| {
                 let mut total = Duration::ZERO;
