@@ -127,6 +127,56 @@ impl Shared {
         true
     }
 
+    /// Reserves the bytes of the longest prefix of `sizes` that fits in the budget
+    /// (with `all`, all of them or none); returns how many it reserved and their bytes.
+    /// Unlike [`try_reserve`](Self::try_reserve) it never adds more than fits, not even
+    /// for a moment, so a large batch cannot make a concurrent `try_push` see the
+    /// budget as full when it is not.
+    pub(crate) fn try_reserve_prefix(
+        &self,
+        sizes: impl Iterator<Item = u64> + Clone,
+        all: bool,
+    ) -> (usize, u64) {
+        let mut used = self.disk_used.load(Ordering::Acquire);
+        loop {
+            let room = self.max_disk_bytes.saturating_sub(used);
+            let (mut k, mut sum, mut fits_all) = (0usize, 0u64, true);
+            for size in sizes.clone() {
+                match sum.checked_add(size).filter(|s| *s <= room) {
+                    Some(s) => {
+                        sum = s;
+                        k += 1;
+                    }
+                    None => {
+                        fits_all = false;
+                        break;
+                    }
+                }
+            }
+            if k == 0 || (all && !fits_all) {
+                return (0, 0);
+            }
+            match self.disk_used.compare_exchange_weak(
+                used,
+                used + sum,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => return (k, sum),
+                Err(now) => used = now,
+            }
+        }
+    }
+
+    /// Returns `bytes` reserved and then not used to the disk budget, and wakes the
+    /// pushes waiting for room (one of them may have looked while they were held).
+    pub(crate) fn release_unused(&self, bytes: u64) {
+        if bytes > 0 {
+            self.release(bytes);
+            self.room.notify_waiters();
+        }
+    }
+
     /// Returns `bytes` to the disk budget.
     pub(crate) fn release(&self, bytes: u64) {
         self.disk_used.fetch_sub(bytes, Ordering::AcqRel);

@@ -1,6 +1,8 @@
 //! [`DurableSink`]: the producer side. Encodes on the caller, reserves disk budget,
 //! queues to the WAL writer.
 
+mod batch;
+
 use std::fmt;
 use std::future::Future;
 use std::path::PathBuf;
@@ -49,6 +51,7 @@ thread_local! {
 /// |---|---|---|
 /// | [`try_push`](Self::try_push) | queued (never waits) | yes, until the writer wrote it (well under 1 ms at idle) |
 /// | [`push`](Self::push) | queued (waits for room) | same as `try_push` |
+/// | [`try_push_batch`](Self::try_push_batch), [`push_batch`](Self::push_batch) | as `try_push` (all or none) and `push`, for many records at once | same as `try_push` |
 /// | [`push_durable`](Self::push_durable) | fsynced | no, not even on power loss |
 /// | [`sync`](Self::sync) | all earlier records fsynced | no, for every earlier record |
 /// | [`flush`](Self::flush) | all earlier records acknowledged by the drain | nothing left to lose |

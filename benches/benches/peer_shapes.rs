@@ -95,11 +95,13 @@ pub fn raw_loop(recs: &[Vec<u8>], sync_every: Option<Duration>) -> Duration {
     start.elapsed()
 }
 
-/// walsink: push every record, then `flush`. Returns the elapsed time.
+/// walsink: push every record (one `push` each, or with `batch`, `push_batch` of that
+/// many, as yaque's `send_batch`), then `flush`. Returns the elapsed time.
 pub fn walsink_push_all(
     rt: &tokio::runtime::Runtime,
     recs: Vec<Vec<u8>>,
     durability: Durability,
+    batch: Option<usize>,
 ) -> Duration {
     let tmp = tempfile::tempdir().expect("tempdir");
     let mut cfg = SinkConfig::new(tmp.path());
@@ -110,8 +112,23 @@ pub fn walsink_push_all(
     let (sink, handle, shutdown) = open_noop(rt, cfg);
     let elapsed = rt.block_on(async {
         let start = Instant::now();
-        for r in recs {
-            sink.push(r).await.expect("push");
+        match batch {
+            None => {
+                for r in recs {
+                    sink.push(r).await.expect("push");
+                }
+            }
+            Some(b) => {
+                let mut recs = recs.into_iter();
+                let mut chunk = Vec::with_capacity(b);
+                loop {
+                    chunk.extend(recs.by_ref().take(b));
+                    if chunk.is_empty() {
+                        break;
+                    }
+                    sink.push_batch(&mut chunk).await.expect("push_batch");
+                }
+            }
         }
         sink.flush().await.expect("flush");
         start.elapsed()
@@ -212,8 +229,9 @@ pub fn raw_batches(recs: &[Vec<u8>]) -> Batches {
     })
 }
 
-/// walsink: 64 × `try_push`, then `sync()`.
-pub fn walsink_batches(rt: &tokio::runtime::Runtime, recs: Vec<Vec<u8>>) -> Batches {
+/// walsink: 64 × `try_push` (or, `batched`, one `try_push_batch` of 64), then
+/// `sync()`.
+pub fn walsink_batches(rt: &tokio::runtime::Runtime, recs: Vec<Vec<u8>>, batched: bool) -> Batches {
     let tmp = tempfile::tempdir().expect("tempdir");
     let mut cfg = SinkConfig::new(tmp.path());
     cfg.durability = Durability::Never;
@@ -223,10 +241,14 @@ pub fn walsink_batches(rt: &tokio::runtime::Runtime, recs: Vec<Vec<u8>>) -> Batc
     let result = rt.block_on(async {
         let start = Instant::now();
         let mut per_batch = Vec::with_capacity(owned.len());
-        for chunk in owned.drain(..) {
+        for mut chunk in owned.drain(..) {
             let t = Instant::now();
-            for r in chunk {
-                sink.try_push(r).expect("try_push");
+            if batched {
+                sink.try_push_batch(&mut chunk).expect("try_push_batch");
+            } else {
+                for r in chunk {
+                    sink.try_push(r).expect("try_push");
+                }
             }
             sink.sync().await.expect("sync");
             per_batch.push(t.elapsed());

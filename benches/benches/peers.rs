@@ -156,9 +156,10 @@ fn shapes(rt: &tokio::runtime::Runtime, smoke: bool) {
         reps,
         &mut [
             &mut || raw_loop(&records(n), None),
-            &mut || walsink_push_all(rt, records(n), walsink::Durability::Never),
+            &mut || walsink_push_all(rt, records(n), walsink::Durability::Never, None),
             &mut || yaque_push_all(rt, records(n)),
             &mut || raw_pipeline(&records(n), None),
+            &mut || walsink_push_all(rt, records(n), walsink::Durability::Never, Some(1024)),
         ],
     );
     line("raw frame+CRC+write_all", n, t[0], t[0]);
@@ -170,24 +171,27 @@ fn shapes(rt: &tokio::runtime::Runtime, smoke: bool) {
         t[3],
         t[0],
     );
+    line("walsink Never, push_batch(1024), flush", n, t[4], t[0]);
     println!(
-        "  walsink/floor {:.2}",
-        t[3].as_secs_f64() / t[1].as_secs_f64()
+        "  walsink/floor {:.2} (push_batch {:.2})",
+        t[3].as_secs_f64() / t[1].as_secs_f64(),
+        t[3].as_secs_f64() / t[4].as_secs_f64()
     );
     println!(
-        "  walsink/yaque {:.2}",
-        t[2].as_secs_f64() / t[1].as_secs_f64()
+        "  walsink/yaque {:.2} (push_batch {:.2})",
+        t[2].as_secs_f64() / t[1].as_secs_f64(),
+        t[2].as_secs_f64() / t[4].as_secs_f64()
     );
 
     println!(
         "== batch64_sync: {nb} records in batches of {BATCH}, each durable before the next; median of {reps}"
     );
-    let mut runs: Vec<Vec<Batches>> = (0..6).map(|_| Vec::new()).collect();
+    let mut runs: Vec<Vec<Batches>> = (0..7).map(|_| Vec::new()).collect();
     for _ in 0..reps {
         settle();
         runs[0].push(raw_batches(&records(nb)));
         settle();
-        runs[1].push(walsink_batches(rt, records(nb)));
+        runs[1].push(walsink_batches(rt, records(nb), false));
         settle();
         runs[2].push(okaywal_batches(&records(nb)));
         settle();
@@ -196,6 +200,8 @@ fn shapes(rt: &tokio::runtime::Runtime, smoke: bool) {
         runs[4].push(raw_batches_zeroed(&records(nb)));
         settle();
         runs[5].push(raw_batches_zeroed_handoff(rt, &records(nb)));
+        settle();
+        runs[6].push(walsink_batches(rt, records(nb), true));
     }
     let med: Vec<(Duration, Duration)> = runs
         .into_iter()
@@ -212,17 +218,20 @@ fn shapes(rt: &tokio::runtime::Runtime, smoke: bool) {
         "raft-engine one LogBatch, write(sync)",
         "floor: raw pwrite+fdatasync, zero-filled file",
         "floor: the same behind an async hand-off",
+        "walsink try_push_batch(64) + sync",
     ];
     for (name, (total, p50)) in names.iter().zip(&med) {
         line(name, nb, *total, med[0].0);
         println!("  {:<44} p50 {:.3} ms/batch", "", p50.as_secs_f64() * 1e3);
     }
-    println!(
-        "  walsink/okaywal {:.2}, walsink/raft-engine {:.2}, walsink/floor-with-hand-off {:.2}",
-        med[2].0.as_secs_f64() / med[1].0.as_secs_f64(),
-        med[3].0.as_secs_f64() / med[1].0.as_secs_f64(),
-        med[5].0.as_secs_f64() / med[1].0.as_secs_f64()
-    );
+    for (name, w) in [("try_push", 1), ("try_push_batch", 6)] {
+        println!(
+            "  {name}: walsink/okaywal {:.2}, walsink/raft-engine {:.2}, walsink/floor-with-hand-off {:.2}",
+            med[2].0.as_secs_f64() / med[w].0.as_secs_f64(),
+            med[3].0.as_secs_f64() / med[w].0.as_secs_f64(),
+            med[5].0.as_secs_f64() / med[w].0.as_secs_f64()
+        );
+    }
 
     println!(
         "== e2e_interval: {n} records, one producer and one consumer, fsync every 100 ms; median of {reps}"
@@ -232,10 +241,18 @@ fn shapes(rt: &tokio::runtime::Runtime, smoke: bool) {
         reps,
         &mut [
             &mut || raw_loop(&records(n), Some(every)),
-            &mut || walsink_push_all(rt, records(n), walsink::Durability::Interval(every)),
+            &mut || walsink_push_all(rt, records(n), walsink::Durability::Interval(every), None),
             &mut || yaque_push_all(rt, records(n)),
             &mut || mpsc_push_all(rt, records(n)),
             &mut || raw_pipeline(&records(n), Some(every)),
+            &mut || {
+                walsink_push_all(
+                    rt,
+                    records(n),
+                    walsink::Durability::Interval(every),
+                    Some(1024),
+                )
+            },
         ],
     );
     line("raw frame+CRC+write_all, fdatasync/100 ms", n, t[0], t[0]);
@@ -248,9 +265,12 @@ fn shapes(rt: &tokio::runtime::Runtime, smoke: bool) {
     );
     line("tokio mpsc in memory (yardstick)", n, t[3], t[0]);
     line("floor: raw pipeline, fdatasync/100 ms", n, t[4], t[0]);
-    println!(
-        "  walsink/yaque {:.2}, walsink/floor {:.2}",
-        t[2].as_secs_f64() / t[1].as_secs_f64(),
-        t[4].as_secs_f64() / t[1].as_secs_f64()
-    );
+    line("walsink Interval(100 ms), push_batch(1024)", n, t[5], t[0]);
+    for (name, w) in [("push", 1), ("push_batch", 5)] {
+        println!(
+            "  {name}: walsink/yaque {:.2}, walsink/floor {:.2}",
+            t[2].as_secs_f64() / t[w].as_secs_f64(),
+            t[4].as_secs_f64() / t[w].as_secs_f64()
+        );
+    }
 }

@@ -1,5 +1,5 @@
 //! One shape of the peers bench for one subject, for `perf` and `strace`:
-//! `cargo run --release --example shape_profile -- <push_all|batch64|e2e> <walsink|okaywal|yaque|raw> [records]`.
+//! `cargo run --release --example shape_profile -- <push_all|batch64|e2e> <walsink|walsink-batch|okaywal|yaque|raw|zeroed|handoff> [records]`.
 
 #[path = "../benches/peer_shapes.rs"]
 #[allow(dead_code)]
@@ -26,14 +26,17 @@ fn main() {
     let t = match (shape.as_str(), who.as_str()) {
         ("batch64", w) => {
             let b = match w {
-                "walsink" => peer_shapes::walsink_batches(&rt, recs),
+                "walsink" => peer_shapes::walsink_batches(&rt, recs, false),
+                "walsink-batch" => peer_shapes::walsink_batches(&rt, recs, true),
                 "okaywal" => peer_shapes::okaywal_batches(&recs),
+                "zeroed" => peer_shapes::raw_batches_zeroed(&recs),
+                "handoff" => peer_shapes::raw_batches_zeroed_handoff(&rt, &recs),
                 _ => peer_shapes::raw_batches(&recs),
             };
             println!("p50 {:.3} ms/batch", b.p50().as_secs_f64() * 1e3);
             b.total
         }
-        (s, "walsink") => peer_shapes::walsink_push_all(
+        (s, w @ ("walsink" | "walsink-batch")) => peer_shapes::walsink_push_all(
             &rt,
             recs,
             if s == "e2e" {
@@ -41,6 +44,7 @@ fn main() {
             } else {
                 walsink::Durability::Never
             },
+            (w == "walsink-batch").then_some(1024),
         ),
         (_, "yaque") => peer_shapes::yaque_push_all(&rt, recs),
         (s, _) => peer_shapes::raw_loop(&recs, (s == "e2e").then_some(every)),

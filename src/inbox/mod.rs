@@ -254,6 +254,43 @@ impl<M> Sender<M> {
         self.try_send_with(extra, 1, |st, x| make(st.arena.payload(bytes), x))
     }
 
+    /// Queues one record message `make(payload)` per encoding of `encodings`, in
+    /// order, in one critical section and with at most one wake-up, without waiting.
+    /// With `all`, either every one is queued or none is (`Full` if the queue lacks
+    /// room for all of them); without, the longest prefix that fits is queued
+    /// (possibly none). Returns how many were queued, each counted in
+    /// [`records`](Self::records). Payloads are built as in
+    /// [`try_send_record`](Self::try_send_record): a queued encoding is left as it
+    /// was (copied into the arena) or emptied (moved out); the rest are untouched.
+    pub(crate) fn try_send_records(
+        &self,
+        encodings: &mut [Vec<u8>],
+        all: bool,
+        mut make: impl FnMut(Payload) -> M,
+    ) -> Result<usize, TrySendError<()>> {
+        let chan = &*self.chan;
+        let (n, wake) = {
+            let mut st = chan.lock();
+            if st.closed {
+                return Err(TrySendError::Closed(()));
+            }
+            let room = chan.capacity.saturating_sub(st.queued + st.reserved);
+            if all && room < encodings.len() {
+                return Err(TrySendError::Full(()));
+            }
+            let n = room.min(encodings.len());
+            let mut wake = false;
+            for bytes in encodings.iter_mut().take(n) {
+                let msg = make(st.arena.payload(bytes));
+                wake |= st.push(msg);
+            }
+            st.records += n as u64;
+            (n, wake)
+        };
+        chan.wake_receiver(wake);
+        Ok(n)
+    }
+
     /// The one non-waiting send: under the lock, checks for room, then queues the
     /// message `build` makes and counts it.
     fn try_send_with<X>(

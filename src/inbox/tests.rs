@@ -305,3 +305,71 @@ fn no_lost_wakeups_across_threads() {
     }
     assert_eq!(got, PRODUCERS * EACH);
 }
+
+#[tokio::test]
+async fn a_run_of_records_is_queued_whole_or_as_the_prefix_that_fits() {
+    let (tx, mut rx) = channel::<Payload>(10);
+    tx.try_send(Payload::Heap(vec![0])).expect("room");
+    let mut runs: Vec<Vec<u8>> = (1..=12u8).map(|i| vec![i; i as usize * 500]).collect();
+    // All or none: 12 do not fit in the 9 free places; nothing is queued or counted.
+    assert!(matches!(
+        tx.try_send_records(&mut runs, true, |p| p),
+        Err(TrySendError::Full(()))
+    ));
+    assert_eq!(tx.records(), 0);
+    // The prefix that fits: 9 of them, counted, in order; the rest untouched.
+    assert_eq!(tx.try_send_records(&mut runs, false, |p| p).ok(), Some(9));
+    assert_eq!(tx.records(), 9);
+    assert_eq!(runs[9], vec![10u8; 5000], "not queued: untouched");
+    assert!(runs[8].is_empty(), "a large record is moved into the queue");
+    assert_eq!(runs[0], vec![1u8; 500], "a small one is copied");
+    assert_eq!(
+        tx.try_send_records(&mut runs[9..], false, |p| p).ok(),
+        Some(0)
+    );
+    let mut out = Taken::default();
+    assert_eq!(rx.recv(&mut out).await, 10);
+    let arena = std::mem::take(&mut out.arena);
+    let lens: Vec<usize> = drain(&mut out)
+        .iter()
+        .map(|p| p.bytes(&arena).map_or(usize::MAX, <[u8]>::len))
+        .collect();
+    assert_eq!(
+        lens,
+        vec![1, 500, 1000, 1500, 2000, 2500, 3000, 3500, 4000, 4500]
+    );
+    rx.close();
+    assert!(matches!(
+        tx.try_send_records(&mut runs[9..], false, |p| p),
+        Err(TrySendError::Closed(()))
+    ));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_run_of_records_wakes_an_idle_receiver_once() {
+    let (tx, mut rx) = channel::<Payload>(10);
+    let mut out = Taken::default();
+    {
+        let recv = rx.recv(&mut out);
+        tokio::pin!(recv);
+        // Polled once: the queue is empty, so the receiver raises `idle` and waits.
+        assert!(futures_poll_once(recv.as_mut()).await.is_none());
+        let mut runs: Vec<Vec<u8>> = (0..3u8).map(|i| vec![i; 10]).collect();
+        assert_eq!(tx.try_send_records(&mut runs, true, |p| p).ok(), Some(3));
+        // Only the first of the run lowered `idle`; the run must still wake it. With
+        // time paused, a receiver nobody wakes lets the timeout fire at once.
+        let got = tokio::time::timeout(std::time::Duration::from_secs(3600), recv).await;
+        assert_eq!(got.ok(), Some(3), "the idle receiver was woken");
+    }
+}
+
+/// Polls `fut` once: `Some(output)` if it was ready.
+async fn futures_poll_once<F: std::future::Future + Unpin>(mut fut: F) -> Option<F::Output> {
+    std::future::poll_fn(|cx| {
+        std::task::Poll::Ready(match std::pin::Pin::new(&mut fut).poll(cx) {
+            std::task::Poll::Ready(v) => Some(v),
+            std::task::Poll::Pending => None,
+        })
+    })
+    .await
+}
