@@ -54,6 +54,23 @@ fn a_producer_racing_the_writer_going_idle_always_wakes_it() {
 }
 
 #[test]
+fn a_run_of_records_racing_the_writer_going_idle_always_wakes_it() {
+    model(|| {
+        let (tx, mut rx) = channel::<u32>(4);
+        let producer = thread::spawn(move || {
+            // Each message is its record's length: 1 and 2 in one run, then 3 alone.
+            let mut run = vec![vec![0u8; 1], vec![0u8; 2]];
+            let sent = tx.try_send_records(&mut run, true, |p| p.len() as u32);
+            assert_eq!(sent.ok(), Some(2));
+            tx.try_send(3).expect("room");
+            tx
+        });
+        assert_eq!(receive(&mut rx, 3), vec![1, 2, 3]);
+        drop(producer.join());
+    });
+}
+
+#[test]
 fn two_producers_are_both_received() {
     model(|| {
         let (tx, mut rx) = channel::<u32>(4);
