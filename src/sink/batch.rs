@@ -127,6 +127,30 @@ impl<T: Send + 'static> DurableSink<T> {
     ///
     /// Accepted records leave `records` from the front: on `Ok` it is empty.
     ///
+    /// # Example
+    ///
+    /// ```
+    /// # use walsink::{Batch, DrainError, DurableSink, SinkConfig, SinkDrain};
+    /// # struct Ack;
+    /// # impl SinkDrain<String> for Ack {
+    /// #     async fn write_batch(&mut self, _: Batch<String>) -> Result<(), DrainError> { Ok(()) }
+    /// # }
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let dir = tempfile::tempdir()?;
+    /// # let shutdown = tokio_util::sync::CancellationToken::new();
+    /// # let (sink, handle) =
+    /// #     DurableSink::<String>::open(SinkConfig::new(dir.path()), Ack, shutdown.clone()).await?;
+    /// let mut batch: Vec<String> = (0..100).map(|i| format!("event {i}")).collect();
+    /// sink.push_batch(&mut batch).await?;
+    /// assert!(batch.is_empty()); // all accepted; the Vec keeps its allocation for the next batch
+    /// sink.sync().await?; // all hundred durable, one fsync
+    /// # shutdown.cancel();
+    /// # handle.join().await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
     /// # Cancel safety
     ///
     /// If the future is dropped, `records` holds exactly the records that were not

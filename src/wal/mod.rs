@@ -33,13 +33,16 @@
 //!   hands while it works through one take; records up to 4 KiB sit in its byte
 //!   arena, which keeps at most 2 MiB of emptied chunks for reuse), the writer buffer (1 MiB plus one
 //!   frame), the reader buffer (256 KiB or one frame), one batch (`batch_size` records,
-//!   cut at 8 MiB plus one record). None of them grows with the backlog on disk.
+//!   cut at 8 MiB plus one record), and per thread that pushes batches, 1 024 encode
+//!   buffers of 1 MiB in all kept for its next batch. None of them grows with the
+//!   backlog on disk.
 //!
 //! # Life of a record
 //!
 //! 1. `try_push` encodes it on the caller, reserves its frame bytes from the budget and
 //!    queues it ([`crate::inbox`]: a bounded queue that copies a small record's bytes
-//!    once into its arena and wakes the writer only when it is idle).
+//!    once into its arena and wakes the writer only when it is idle). A batch push
+//!    does the same for a run of records at once.
 //! 2. The writer thread assigns the next seq, frames it (length, CRC-32, seq, payload),
 //!    and writes the round's frames with one `pwrite` into the active segment, which
 //!    was preallocated when it was created and is zero-filled a little ahead of the
