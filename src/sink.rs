@@ -125,6 +125,26 @@ impl<T> Clone for DurableSink<T> {
 }
 
 impl<T> Inner<T> {
+    /// Encodes `record` into the empty `buf` and checks it against
+    /// `max_record_bytes` (an oversized encoding is cleared from `buf`).
+    fn encode_checked(&self, record: &T, buf: &mut Vec<u8>) -> Result<(), SinkError>
+    where
+        T: 'static,
+    {
+        self.codec
+            .encode(record, buf)
+            .map_err(|e: CodecError| SinkError::Encode(Arc::new(e)))?;
+        if buf.len() > self.max_record_bytes {
+            let len = buf.len();
+            buf.clear();
+            return Err(SinkError::TooLarge {
+                len,
+                limit: self.max_record_bytes,
+            });
+        }
+        Ok(())
+    }
+
     fn closed_error(&self) -> SinkError {
         self.shared.failure().unwrap_or(SinkError::Closed)
     }
@@ -401,18 +421,7 @@ impl<T: Send + 'static> DurableSink<T> {
                 }
                 None => &mut fresh,
             };
-            inner
-                .codec
-                .encode(record, buf)
-                .map_err(|e: CodecError| SinkError::Encode(Arc::new(e)))?;
-            if buf.len() > inner.max_record_bytes {
-                let len = buf.len();
-                buf.clear();
-                return Err(SinkError::TooLarge {
-                    len,
-                    limit: inner.max_record_bytes,
-                });
-            }
+            inner.encode_checked(record, buf)?;
             Ok(then(buf))
         })
     }

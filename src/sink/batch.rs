@@ -281,17 +281,7 @@ impl<T: Send + 'static> DurableSink<T> {
                 .zip(pool.iter_mut())
                 .try_for_each(|(record, buf)| {
                     buf.clear();
-                    inner
-                        .codec
-                        .encode(record, buf)
-                        .map_err(|e| SinkError::Encode(std::sync::Arc::new(e)))?;
-                    if buf.len() > inner.max_record_bytes {
-                        return Err(SinkError::TooLarge {
-                            len: buf.len(),
-                            limit: inner.max_record_bytes,
-                        });
-                    }
-                    Ok(())
+                    inner.encode_checked(record, buf)
                 });
             let out = encoded.map(|()| then(&mut pool[..records.len()]));
             trim_pool(pool);
