@@ -231,7 +231,9 @@ impl Reservation<'_> {
 
 impl Drop for Reservation<'_> {
     fn drop(&mut self) {
-        self.shared.release(self.bytes);
+        // Abandoned (a cancelled push): a push waiting for budget may have looked
+        // while these bytes were held, so wake it.
+        self.shared.release_unused(self.bytes);
     }
 }
 

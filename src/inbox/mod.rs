@@ -316,6 +316,13 @@ impl<M> Sender<M> {
         Ok(())
     }
 
+    /// Messages that fit in the queue right now (a snapshot: others may take or free
+    /// room before the caller acts on it).
+    pub(crate) fn room(&self) -> usize {
+        let st = self.chan.lock();
+        self.chan.capacity.saturating_sub(st.queued + st.reserved)
+    }
+
     /// Records accepted so far (sent with [`try_send_record`](Self::try_send_record)
     /// or [`Permit::send_record`]). Exact: read under the lock.
     pub(crate) fn records(&self) -> u64 {

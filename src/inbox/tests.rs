@@ -346,7 +346,7 @@ async fn a_run_of_records_is_queued_whole_or_as_the_prefix_that_fits() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn a_run_of_records_wakes_an_idle_receiver_once() {
+async fn a_run_of_records_wakes_an_idle_receiver() {
     let (tx, mut rx) = channel::<Payload>(10);
     let mut out = Taken::default();
     {

@@ -10,10 +10,11 @@
 //! # Invariants
 //!
 //! - Nothing is queued unless its bytes are reserved in the disk budget first. A run
-//!   reserves only what fits (a compare-and-swap, never an add that is then undone),
-//!   so a batch never makes a concurrent push see the budget full when it is not;
-//!   what a run reserved and did not queue is given back, and waiting pushes woken,
-//!   before the call returns.
+//!   reserves only what fits in the budget (a compare-and-swap, never an add that is
+//!   then undone) and in the queue's room as it looked just before; what it reserved
+//!   and did not queue (room another producer took in between) is given back, and
+//!   waiting pushes woken, before the call returns. So a batch holds budget for
+//!   records it cannot queue only for that moment.
 //! - Records are accepted in the order of the caller's `Vec`, and only as a prefix:
 //!   on every return, and when a `push_batch` future is dropped, the `Vec` holds
 //!   exactly the records that were not accepted, in order ([`Accepted`]).
@@ -217,16 +218,27 @@ impl<T: Send + 'static> DurableSink<T> {
     }
 
     /// Queues a run from the front of `encodings`: with `all`, every one of them or
-    /// none; else the longest prefix (of at most [`MAX_RUN`]) that both the disk budget
-    /// and the queue have room for, possibly none. Reserves the budget before queueing
-    /// and gives back, waking waiting pushes, whatever it reserved and did not queue.
+    /// none; else the longest prefix (of at most [`MAX_RUN`], and of the queue's room
+    /// when it looks) that both the disk budget and the queue have room for, possibly
+    /// none. Reserves the budget before queueing and gives back, waking waiting
+    /// pushes, whatever it reserved and did not queue (room taken by others between
+    /// the look and the send).
     fn queue_run(&self, encodings: &mut [Vec<u8>], all: bool) -> Queued {
         let shared = &*self.inner.shared;
+        // Reserve no more budget than the queue can take right now: budget held for
+        // records that then find no room would refuse other pushes for nothing.
+        let room = self.inner.tx.room();
         let len = if all {
+            if room < encodings.len() {
+                return Queued::Some(0);
+            }
             encodings.len()
         } else {
-            encodings.len().min(MAX_RUN)
+            encodings.len().min(MAX_RUN).min(room)
         };
+        if len == 0 {
+            return Queued::Some(0);
+        }
         let run = &mut encodings[..len];
         let (k, bytes) = shared.try_reserve_prefix(run.iter().map(|e| frame_bytes(e.len())), all);
         if k == 0 {

@@ -187,6 +187,74 @@ async fn a_full_disk_holds_writes_and_resumes_when_space_returns() {
     handle.join().await.expect("join");
 }
 
+/// A `push_batch` dropped while it waits for queue room behind a writer stalled on a
+/// full disk holds the budget of the record it waits with: dropping it gives that
+/// back, and the Vec keeps exactly what was not accepted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_push_batch_cancelled_at_the_queue_gives_its_budget_back() {
+    let disk = SimDisk::new(1);
+    let got = Arc::new(Mutex::new(Vec::new()));
+    let (sink, handle, shutdown) = open_faulty(&disk, &got).await;
+    sink.push(1).await.expect("push");
+    sink.sync().await.expect("sync");
+    disk.fail_writes(true);
+    // Fill the queue behind the stalled writer.
+    let mut accepted = vec![1u64];
+    for i in 100..100_000u64 {
+        match sink.try_push(i) {
+            Ok(()) => accepted.push(i),
+            Err(SinkError::Overflow) if sink.stats().disk_full => break,
+            Err(SinkError::Overflow) => {}
+            Err(e) => panic!("unexpected {e}"),
+        }
+        tokio::task::yield_now().await;
+    }
+    assert!(sink.stats().disk_full, "the writer never stalled");
+    let before = sink.stats().wal_bytes;
+    let mut batch: Vec<u64> = (200_000..200_005).collect();
+    {
+        let push = sink.push_batch(&mut batch);
+        tokio::pin!(push);
+        // Poll until it holds the first record's budget while waiting for the queue.
+        let mut polls = 0u32;
+        while sink.stats().wal_bytes == before {
+            tokio::select! {
+                biased;
+                res = &mut push => panic!("push_batch finished behind a full queue: {res:?}"),
+                () = tokio::task::yield_now() => {}
+            }
+            polls += 1;
+            assert!(
+                polls < 1_000_000,
+                "push_batch never reserved its first record"
+            );
+        }
+        let frame = 16 + 5; // bincode's varint for 200 000: a marker byte and 4 bytes
+        assert_eq!(sink.stats().wal_bytes, before + frame);
+        // Dropped here: cancelled at the queue wait.
+    }
+    assert_eq!(
+        sink.stats().wal_bytes,
+        before,
+        "the cancelled batch's budget came back"
+    );
+    assert_eq!(
+        batch,
+        (200_000..200_005).collect::<Vec<_>>(),
+        "none accepted"
+    );
+    disk.fail_writes(false);
+    sink.flush().await.expect("flush");
+    let mut all = got.lock().expect("lock").clone();
+    all.sort_unstable();
+    assert_eq!(
+        all, accepted,
+        "what was accepted, nothing of the cancelled batch"
+    );
+    shutdown.cancel();
+    handle.join().await.expect("join");
+}
+
 /// Shutdown while the disk is still full gives up on the unwritten records (the only
 /// choice), reports it, and a reopen still has everything that was durable.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

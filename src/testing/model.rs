@@ -124,6 +124,10 @@ struct Running {
 struct Case {
     seed: u64,
     rng: SplitMix64,
+    /// Decides whether a `push xN` / `try_push xN` goes in as one batch
+    /// (`push_batch` / `try_push_batch`); a stream of its own, so the actions a seed
+    /// picks are the same as before batches were modelled.
+    side: SplitMix64,
     disk: Arc<SimDisk>,
     dir: PathBuf,
     cfg: SinkConfig,
@@ -218,11 +222,51 @@ impl Case {
         }
     }
 
+    /// The next `n` ids as one batch: `push_batch` (`wait`) or `try_push_batch`.
+    /// What the `Vec` still holds afterwards was not accepted: refused.
+    async fn push_batch(&mut self, n: u64, wait: bool) {
+        let ids: Vec<u64> = (self.next_id..self.next_id + n).collect();
+        self.next_id += n;
+        let sink = self.sink();
+        let mut left = ids.clone();
+        let res = if wait {
+            self.steps.push(format!("push_batch x{n}"));
+            self.deadline("push_batch", sink.push_batch(&mut left))
+                .await
+        } else {
+            self.steps.push(format!("try_push_batch x{n}"));
+            sink.try_push_batch(&mut left)
+        };
+        if let Err(e) = &res {
+            self.note_err(if wait { "push_batch" } else { "try_push_batch" }, e);
+        }
+        let taken = ids.len() - left.len();
+        assert!(
+            ids.get(taken..) == Some(&left[..]),
+            "the batch left {left:?} of {ids:?}: not a suffix; {}",
+            self.ctx()
+        );
+        assert!(
+            res.is_ok() == left.is_empty() && (wait || taken == 0 || left.is_empty()),
+            "batch result {res:?} with {taken} of {n} accepted; {}",
+            self.ctx()
+        );
+        for &id in &ids[..taken] {
+            self.accepted.push(id);
+            self.accepted_log.push((self.incarnation, id));
+        }
+        self.refused.extend(left);
+    }
+
     async fn step(&mut self) {
         let roll = self.pick(112);
         match roll {
             0..=29 => {
                 let n = 1 + self.pick(12);
+                if self.side.next().is_multiple_of(3) {
+                    self.push_batch(n, true).await;
+                    return;
+                }
                 self.steps.push(format!("push x{n}"));
                 let sink = self.sink();
                 for _ in 0..n {
@@ -242,6 +286,10 @@ impl Case {
             }
             30..=39 => {
                 let n = 1 + self.pick(20);
+                if self.side.next().is_multiple_of(3) {
+                    self.push_batch(n, false).await;
+                    return;
+                }
                 self.steps.push(format!("try_push x{n}"));
                 let sink = self.sink();
                 for _ in 0..n {
@@ -812,6 +860,7 @@ async fn run_case(seed: u64, steps: u64) {
     let mut case = Case {
         seed,
         rng,
+        side: SplitMix64(seed ^ 0xBA7C),
         disk: SimDisk::new(seed ^ 0xD15C),
         dir,
         cfg,
