@@ -33,6 +33,18 @@ use crate::wal::storage::{RealStorage, Storage};
 use crate::wal::writer::{DurableReply, SyncPolicy, WriterMsg, spawn_writer};
 use crate::wal::{Wal, WalConfig};
 
+/// Runs `f` on this thread's scratch value in `key`, or on a fresh one when it is
+/// already borrowed: a codec that pushes from inside `encode` finds it in use.
+fn with_scratch<B: Default + 'static, R>(
+    key: &'static std::thread::LocalKey<std::cell::RefCell<B>>,
+    f: impl FnOnce(&mut B) -> R,
+) -> R {
+    key.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut borrowed) => f(&mut borrowed),
+        Err(_) => f(&mut B::default()),
+    })
+}
+
 thread_local! {
     /// Per-thread encode buffer, reused across pushes.
     static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
@@ -412,17 +424,8 @@ impl<T: Send + 'static> DurableSink<T> {
         if let Some(e) = inner.shared.failure() {
             return Err(e);
         }
-        SCRATCH.with(|cell| {
-            let mut fresh = Vec::new();
-            // A codec that pushes from inside `encode` would find the buffer borrowed.
-            let mut borrowed = cell.try_borrow_mut().ok();
-            let buf: &mut Vec<u8> = match borrowed.as_deref_mut() {
-                Some(b) => {
-                    b.clear();
-                    b
-                }
-                None => &mut fresh,
-            };
+        with_scratch(&SCRATCH, |buf: &mut Vec<u8>| {
+            buf.clear();
             inner.encode_checked(record, buf)?;
             Ok(then(buf))
         })

@@ -8,31 +8,8 @@ mod common;
 use std::sync::{Arc, Mutex, OnceLock};
 
 use common::*;
-use tokio::sync::{Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
-use walsink::{
-    BincodeCodec, Codec, CodecError, DurableSink, Overflow, RawCodec, SinkConfig, SinkError,
-};
-
-fn budget_config(dir: &std::path::Path) -> SinkConfig {
-    let mut c = small_config(dir);
-    c.segment_bytes = 4096;
-    c.max_disk_bytes = 16 * 1024;
-    c.max_record_bytes = 512;
-    c.queue_capacity = 100_000;
-    c
-}
-
-fn gated(log: &Log) -> (Gated, Arc<Semaphore>) {
-    let gate = Arc::new(Semaphore::new(0));
-    let (entered, _) = mpsc::unbounded_channel();
-    let drain = Gated {
-        log: log.clone(),
-        gate: gate.clone(),
-        entered,
-    };
-    (drain, gate)
-}
+use walsink::{BincodeCodec, Codec, CodecError, DurableSink, Overflow, RawCodec, SinkError};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_batches_each_arrive_whole_in_order_with_consecutive_seqs()
@@ -96,7 +73,7 @@ async fn try_push_batch_is_all_or_nothing_against_the_disk_budget()
     let cfg = budget_config(tmp.path());
     let (limit, segment) = (cfg.max_disk_bytes, cfg.segment_bytes);
     let log = new_log();
-    let (drain, gate) = gated(&log);
+    let (drain, gate) = Gated::closed(&log);
     let shutdown = CancellationToken::new();
     let (sink, handle) = DurableSink::<u64>::open(cfg, drain, shutdown.clone()).await?;
 
@@ -162,7 +139,7 @@ async fn a_batch_over_the_queue_bound_is_refused_whole_and_push_batch_takes_it_i
     let log = new_log();
     // The drain holds everything until the end: no segment is deleted, so the budget
     // accounting can be checked exactly.
-    let (drain, gate) = gated(&log);
+    let (drain, gate) = Gated::closed(&log);
     let shutdown = CancellationToken::new();
     let (sink, handle) = DurableSink::<u64>::open(cfg, drain, shutdown.clone()).await?;
     let header = sink.stats().wal_bytes;
@@ -253,7 +230,7 @@ async fn a_cancelled_push_batch_leaves_exactly_the_records_it_did_not_accept()
     cfg.overflow = Overflow::Block;
     let limit = cfg.max_disk_bytes;
     let log = new_log();
-    let (drain, gate) = gated(&log);
+    let (drain, gate) = Gated::closed(&log);
     let shutdown = CancellationToken::new();
     let (sink, handle) = DurableSink::<u64>::open(cfg, drain, shutdown.clone()).await?;
     let mut none: Vec<u64> = vec![1];

@@ -4,21 +4,9 @@
 
 mod common;
 
-use std::sync::Arc;
-
 use common::*;
-use tokio::sync::{Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
-use walsink::{DurableSink, Overflow, SinkConfig, SinkError};
-
-fn budget_config(dir: &std::path::Path) -> SinkConfig {
-    let mut c = small_config(dir);
-    c.segment_bytes = 4096;
-    c.max_disk_bytes = 16 * 1024;
-    c.max_record_bytes = 512;
-    c.queue_capacity = 100_000;
-    c
-}
+use walsink::{DurableSink, Overflow, SinkError};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_drain_fills_the_budget_then_pushes_overflow_until_it_resumes()
@@ -27,14 +15,8 @@ async fn a_stalled_drain_fills_the_budget_then_pushes_overflow_until_it_resumes(
     let cfg = budget_config(tmp.path());
     let (limit, segment) = (cfg.max_disk_bytes, cfg.segment_bytes);
     let log = new_log();
-    let gate = Arc::new(Semaphore::new(0));
-    let (entered_tx, _entered) = mpsc::unbounded_channel();
+    let (drain, gate) = Gated::closed(&log);
     let shutdown = CancellationToken::new();
-    let drain = Gated {
-        log: log.clone(),
-        gate: gate.clone(),
-        entered: entered_tx,
-    };
     let (sink, handle) = DurableSink::<u64>::open(cfg, drain, shutdown.clone()).await?;
 
     let mut accepted = 0u64;
@@ -89,14 +71,8 @@ async fn block_mode_push_waits_for_room_and_try_push_is_refused()
     let mut cfg = budget_config(tmp.path());
     cfg.overflow = Overflow::Block;
     let log = new_log();
-    let gate = Arc::new(Semaphore::new(0));
-    let (entered_tx, _entered) = mpsc::unbounded_channel();
+    let (drain, gate) = Gated::closed(&log);
     let shutdown = CancellationToken::new();
-    let drain = Gated {
-        log: log.clone(),
-        gate: gate.clone(),
-        entered: entered_tx,
-    };
     let (sink, handle) = DurableSink::<u64>::open(cfg, drain, shutdown.clone()).await?;
     assert!(matches!(sink.try_push(0), Err(SinkError::Overflow)));
     assert_eq!(

@@ -148,15 +148,7 @@ pub fn walsink_durable(
     use std::time::Instant;
     let mut cfg = walsink::SinkConfig::new(dir);
     cfg.durability = walsink::Durability::Always;
-    let shutdown = tokio_util::sync::CancellationToken::new();
-    let (sink, handle) = rt
-        .block_on(walsink::DurableSink::<Vec<u8>>::open_with_codec(
-            cfg,
-            walsink::RawCodec,
-            Noop,
-            shutdown.clone(),
-        ))
-        .expect("open");
+    let (sink, handle, shutdown) = open_noop(rt, cfg);
     let start = Instant::now();
     let lat = rt.block_on(async {
         let mut tasks = Vec::new();

@@ -27,7 +27,7 @@
 
 use std::cell::RefCell;
 
-use super::DurableSink;
+use super::{DurableSink, with_scratch};
 use crate::config::Overflow;
 use crate::error::SinkError;
 use crate::inbox::TrySendError;
@@ -281,10 +281,7 @@ impl<T: Send + 'static> DurableSink<T> {
         if let Some(e) = inner.shared.failure() {
             return Err(e);
         }
-        BATCH_SCRATCH.with(|cell| {
-            let mut fresh = Vec::new();
-            let mut borrowed = cell.try_borrow_mut().ok();
-            let pool: &mut Vec<Vec<u8>> = borrowed.as_deref_mut().unwrap_or(&mut fresh);
+        with_scratch(&BATCH_SCRATCH, |pool: &mut Vec<Vec<u8>>| {
             if pool.len() < records.len() {
                 pool.resize_with(records.len(), Vec::new);
             }

@@ -45,6 +45,17 @@ pub fn small_config(dir: &Path) -> SinkConfig {
     c
 }
 
+/// A budget of 16 KiB over 4 KiB segments and records of at most 512 bytes, with a
+/// queue too large to fill first: the disk budget is what runs out.
+pub fn budget_config(dir: &Path) -> SinkConfig {
+    let mut c = small_config(dir);
+    c.segment_bytes = 4096;
+    c.max_disk_bytes = 16 * 1024;
+    c.max_record_bytes = 512;
+    c.queue_capacity = 100_000;
+    c
+}
+
 /// Appends every delivered record to a log; optionally reports each batch.
 pub struct Collect {
     pub log: Log,
@@ -80,6 +91,20 @@ pub struct Gated {
     pub log: Log,
     pub gate: Arc<Semaphore>,
     pub entered: mpsc::UnboundedSender<Vec<u64>>,
+}
+
+impl Gated {
+    /// A gated drain that nobody watches enter, and its gate (closed).
+    pub fn closed(log: &Log) -> (Self, Arc<Semaphore>) {
+        let gate = Arc::new(Semaphore::new(0));
+        let (entered, _) = mpsc::unbounded_channel();
+        let drain = Self {
+            log: Arc::clone(log),
+            gate: Arc::clone(&gate),
+            entered,
+        };
+        (drain, gate)
+    }
 }
 
 impl SinkDrain<u64> for Gated {
