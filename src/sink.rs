@@ -161,6 +161,21 @@ impl<T> Inner<T> {
         self.shared.failure().unwrap_or(SinkError::Closed)
     }
 
+    /// Queues the record `encoded`, waiting for room: its frame's bytes in the disk
+    /// budget first, then a place in the queue. Cancel safe: dropped before it
+    /// returns, nothing was queued and the budget it held is given back.
+    async fn send_waiting(
+        &self,
+        encoded: Vec<u8>,
+        durable: Option<DurableReply>,
+    ) -> Result<(), SinkError> {
+        let reservation = self.reserve_waiting(frame_bytes(encoded.len())).await?;
+        let permit = self.tx.reserve().await.map_err(|_| self.closed_error())?;
+        reservation.commit();
+        permit.send_record(encoded, durable, WriterMsg::record);
+        Ok(())
+    }
+
     /// Waits until `bytes` fit in the disk budget, or the sink closes or fails.
     async fn reserve_waiting(&self, bytes: u64) -> Result<Reservation<'_>, SinkError> {
         let shared = &*self.shared;
@@ -198,11 +213,8 @@ impl<T: Send + 'static> WalAppend for Inner<T> {
                     limit: self.max_record_bytes,
                 });
             }
-            let reservation = self.reserve_waiting(frame_bytes(payload.len())).await?;
-            let permit = self.tx.reserve().await.map_err(|_| self.closed_error())?;
-            reservation.commit();
             let (tx, rx) = oneshot::channel();
-            permit.send_record(payload, Some(tx), WriterMsg::record);
+            self.send_waiting(payload, Some(tx)).await?;
             let seq = rx.await.map_err(|_| self.closed_error())??;
             self.shared.counters().redriven.add(1);
             Ok(seq)
@@ -536,17 +548,7 @@ impl<T: Send + 'static> DurableSink<T> {
             Ok(Some(w)) => w,
             Err(()) => return Err(self.closed_error()),
         };
-        let bytes = frame_bytes(encoded.len());
-        let reservation = self.reserve_waiting(bytes).await?;
-        let permit = inner.tx.reserve().await.map_err(|_| self.closed_error())?;
-        reservation.commit();
-        permit.send_record(encoded, durable, WriterMsg::record);
-        Ok(())
-    }
-
-    /// Waits until `bytes` fit in the disk budget, or the sink closes or fails.
-    async fn reserve_waiting(&self, bytes: u64) -> Result<Reservation<'_>, SinkError> {
-        self.inner.reserve_waiting(bytes).await
+        inner.send_waiting(encoded, durable).await
     }
 
     fn closed_error(&self) -> SinkError {

@@ -196,15 +196,7 @@ impl<T: Send + 'static> DurableSink<T> {
                     // No room for even the next record: wait for it the way `push`
                     // does (budget first, then the queue), then try a run again.
                     let encoded = std::mem::take(&mut rest[done]);
-                    let reservation = self.reserve_waiting(frame_bytes(encoded.len())).await?;
-                    let permit = self
-                        .inner
-                        .tx
-                        .reserve()
-                        .await
-                        .map_err(|_| self.closed_error())?;
-                    reservation.commit();
-                    permit.send_record(encoded, None, WriterMsg::record);
+                    self.inner.send_waiting(encoded, None).await?;
                     accepted.n += 1;
                     done += 1;
                 }
