@@ -204,7 +204,13 @@ pub(crate) enum ScanStep<'a> {
 pub(crate) struct SegmentScanner {
     file: Box<dyn StorageFile>,
     max_payload_bytes: usize,
+    /// Read buffer. Only `buf[..filled]` holds file contents; the rest is initialized
+    /// space kept for the next read, so a refill does not zero it again (zeroing up to
+    /// a whole chunk per refill was a quarter of the delivery reader's instructions
+    /// while it followed the writer's tail).
     buf: Vec<u8>,
+    /// Bytes of `buf` that hold file contents.
+    filled: usize,
     /// File offset of `buf[0]`.
     buf_offset: u64,
     /// File offset of the next frame to decode.
@@ -242,6 +248,7 @@ impl SegmentScanner {
             file,
             max_payload_bytes,
             buf: Vec::new(),
+            filled: 0,
             buf_offset: SEGMENT_HEADER_BYTES as u64,
             offset: SEGMENT_HEADER_BYTES as u64,
             expected_seq: first_seq,
@@ -285,7 +292,7 @@ impl SegmentScanner {
     /// them; returns how many it holds from `offset` (less than `need` only at EOF).
     /// Reads at most once per call, and not at all when the file has nothing more.
     fn ensure(&mut self, offset: u64, need: usize) -> io::Result<usize> {
-        let have_end = self.buf_offset + self.buf.len() as u64;
+        let have_end = self.buf_offset + self.filled as u64;
         let covered = |n: usize| offset >= self.buf_offset && offset + n as u64 <= have_end;
         if covered(need) {
             return Ok(need);
@@ -300,33 +307,39 @@ impl SegmentScanner {
             return Ok(need);
         }
         if offset >= self.buf_offset && offset <= have_end {
-            let keep_from = usize::try_from(offset - self.buf_offset).unwrap_or(self.buf.len());
-            self.buf.drain(..keep_from);
+            let keep_from = usize::try_from(offset - self.buf_offset)
+                .unwrap_or(self.filled)
+                .min(self.filled);
+            self.buf.copy_within(keep_from..self.filled, 0);
+            self.filled -= keep_from;
         } else {
-            self.buf.clear();
+            self.filled = 0;
         }
         self.buf_offset = offset;
         let want = need.max(READ_CHUNK_BYTES).min(in_file);
-        let have = self.buf.len();
+        let have = self.filled;
         if have < want {
-            self.buf.resize(want, 0);
+            if self.buf.len() < want {
+                // Zeroes only bytes never used before.
+                self.buf.resize(want, 0);
+            }
             let read = read_full_at(
                 self.file.as_ref(),
-                self.buf.get_mut(have..).unwrap_or_default(),
+                self.buf.get_mut(have..want).unwrap_or_default(),
                 offset + have as u64,
             );
-            // On error, drop the zeros `resize` added: left in place they would read as
-            // file contents (a hole) on the next call, and valid frames would be skipped.
-            let n = read.inspect_err(|_| self.buf.truncate(have))?;
-            self.buf.truncate(have + n);
+            // On error `filled` stays at `have`: whatever the failed read left in the
+            // buffer is never taken for file contents.
+            let n = read?;
+            self.filled = have + n;
         }
-        Ok(self.buf.len().min(need))
+        Ok(self.filled.min(need))
     }
 
     fn window(&self, offset: u64, len: usize) -> &[u8] {
         let start = usize::try_from(offset.saturating_sub(self.buf_offset)).unwrap_or(usize::MAX);
         self.buf
-            .get(start..)
+            .get(start..self.filled)
             .and_then(|b| b.get(..len.min(b.len())))
             .unwrap_or_default()
     }
@@ -444,7 +457,7 @@ impl SegmentScanner {
             else {
                 return taken;
             };
-            let Some(h) = self.buf.get(start..).and_then(FrameHeader::peek) else {
+            let Some(h) = self.buf.get(start..self.filled).and_then(FrameHeader::peek) else {
                 return taken;
             };
             if h.len as usize > self.max_payload_bytes
@@ -454,9 +467,11 @@ impl SegmentScanner {
                 return taken;
             }
             let payload_start = start + FRAME_HEADER_BYTES;
+            let payload_end = payload_start.saturating_add(h.len as usize);
             let Some(payload) = self
                 .buf
-                .get(payload_start..payload_start.saturating_add(h.len as usize))
+                .get(payload_start..payload_end)
+                .filter(|_| payload_end <= self.filled)
             else {
                 return taken;
             };
@@ -561,7 +576,7 @@ impl SegmentScanner {
                 return Ok(if pos > at { Some(pos) } else { None });
             }
             let start = usize::try_from(pos - self.buf_offset).unwrap_or(usize::MAX);
-            let buffered = self.buf.get(start..).unwrap_or_default();
+            let buffered = self.buf.get(start..self.filled).unwrap_or_default();
             if pos == at && buffered.iter().take(FRAME_HEADER_BYTES).any(|&b| b != 0) {
                 return Ok(None);
             }

@@ -325,3 +325,132 @@ fn taking_buffered_frames_sees_what_next_step_sees() -> io::Result<()> {
     assert!(damaged >= 10, "only {damaged} scans met damage");
     Ok(())
 }
+
+/// The read buffer keeps its initialized space from one refill to the next (it is not
+/// zeroed again), so after a refill that reads less than the last one, the buffer
+/// holds stale bytes of earlier frames past the bytes just read. A scanner following
+/// a growing file, through refills that straddle frames and a read that fails, must
+/// take each frame exactly once and never read those stale bytes as contents.
+#[test]
+fn refills_never_expose_bytes_of_an_earlier_read() -> io::Result<()> {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Arc, Mutex};
+
+    #[derive(Debug)]
+    struct Growing {
+        bytes: Arc<Mutex<Vec<u8>>>,
+        fail_next_read: Arc<AtomicBool>,
+    }
+    impl StorageFile for Growing {
+        fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+            if self.fail_next_read.swap(false, Ordering::SeqCst) {
+                // A failed read may still have scribbled over the buffer.
+                buf.fill(0xAB);
+                return Err(io::Error::other("injected read failure"));
+            }
+            let bytes = self
+                .bytes
+                .lock()
+                .map_err(|_| io::Error::other("poisoned"))?;
+            let start = (offset as usize).min(bytes.len());
+            let n = buf.len().min(bytes.len() - start);
+            buf[..n].copy_from_slice(&bytes[start..start + n]);
+            Ok(n)
+        }
+        fn write_all_at(&self, _: &[u8], _: u64) -> io::Result<()> {
+            Ok(())
+        }
+        fn sync(&self) -> io::Result<()> {
+            Ok(())
+        }
+        fn set_len(&self, _: u64) -> io::Result<()> {
+            Ok(())
+        }
+        fn len(&self) -> io::Result<u64> {
+            let bytes = self
+                .bytes
+                .lock()
+                .map_err(|_| io::Error::other("poisoned"))?;
+            Ok(bytes.len() as u64)
+        }
+        fn allocate(&self, _: u64) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    let header = SegmentHeader {
+        codec_id: 1,
+        first_seq: 1,
+        prev_last_seq: 0,
+    };
+    let bytes = Arc::new(Mutex::new(header.encode().to_vec()));
+    let fail = Arc::new(AtomicBool::new(false));
+    let append = |seqs: std::ops::Range<u64>| {
+        let mut b = bytes.lock().expect("lock");
+        for seq in seqs {
+            // Payloads of varying sizes, so frames straddle every refill boundary.
+            let payload = vec![seq as u8; 100 + (seq as usize * 37) % 3000];
+            encode_frame(&mut b, seq, &payload);
+        }
+        b.len() as u64
+    };
+    let file = Growing {
+        bytes: Arc::clone(&bytes),
+        fail_next_read: Arc::clone(&fail),
+    };
+    let mut sc = SegmentScanner::new(Box::new(file), 1, 1 << 20);
+    let mut seen: Vec<u64> = Vec::new();
+    let mut next = 1u64;
+    // Rounds: append a different amount each time (small after large, so a refill
+    // reads less than the one before), sometimes failing the first read of the round.
+    for round in 0..40u64 {
+        let add = [400u64, 3, 150, 1, 60, 250, 7][(round % 7) as usize];
+        let len = append(next..next + add);
+        next += add;
+        sc.set_valid_len(len);
+        fail.store(round % 5 == 2, Ordering::SeqCst);
+        let mut steps = 0;
+        loop {
+            steps += 1;
+            assert!(steps < 100_000, "round {round}: scanner did not end");
+            let taken = sc.take_buffered(|seq, payload| {
+                assert_eq!(
+                    payload.first().copied(),
+                    Some(seq as u8),
+                    "payload of {seq}"
+                );
+                seen.push(seq);
+                true
+            });
+            if taken > 0 {
+                continue;
+            }
+            match sc.next_step() {
+                Ok(ScanStep::Frame { seq, payload }) => {
+                    assert_eq!(
+                        payload.first().copied(),
+                        Some(seq as u8),
+                        "payload of {seq}"
+                    );
+                    seen.push(seq);
+                }
+                Ok(ScanStep::End { trailing_bytes }) => {
+                    assert_eq!(
+                        trailing_bytes, 0,
+                        "round {round}: nothing after the last frame"
+                    );
+                    break;
+                }
+                Ok(ScanStep::Corrupt { offset, kind }) => {
+                    panic!(
+                        "round {round}: stale or unread bytes taken as contents at {offset}: {kind}"
+                    )
+                }
+                // The injected failure: the next call retries the read.
+                Err(_) => {}
+            }
+        }
+        assert_eq!(seen, (1..next).collect::<Vec<_>>(), "round {round}");
+    }
+    Ok(())
+}
