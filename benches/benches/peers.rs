@@ -155,10 +155,10 @@ fn shapes(rt: &tokio::runtime::Runtime, smoke: bool) {
     let t = alternate(
         reps,
         &mut [
-            &mut || raw_loop(&records(n), None),
+            &mut || raw_loop(records(n), None),
             &mut || walsink_push_all(rt, records(n), walsink::Durability::Never, None),
             &mut || yaque_push_all(rt, records(n)),
-            &mut || raw_pipeline(&records(n), None),
+            &mut || raw_pipeline(records(n), None),
             &mut || walsink_push_all(rt, records(n), walsink::Durability::Never, Some(1024)),
         ],
     );
@@ -189,17 +189,17 @@ fn shapes(rt: &tokio::runtime::Runtime, smoke: bool) {
     let mut runs: Vec<Vec<Batches>> = (0..7).map(|_| Vec::new()).collect();
     for _ in 0..reps {
         settle();
-        runs[0].push(raw_batches(&records(nb)));
+        runs[0].push(raw_batches(records(nb)));
         settle();
         runs[1].push(walsink_batches(rt, records(nb), false));
         settle();
-        runs[2].push(okaywal_batches(&records(nb)));
+        runs[2].push(okaywal_batches(records(nb)));
         settle();
         runs[3].push(raft_engine_batches(records(nb)));
         settle();
-        runs[4].push(raw_batches_zeroed(&records(nb)));
+        runs[4].push(raw_batches_zeroed(records(nb)));
         settle();
-        runs[5].push(raw_batches_zeroed_handoff(rt, &records(nb)));
+        runs[5].push(raw_batches_zeroed_handoff(rt, records(nb)));
         settle();
         runs[6].push(walsink_batches(rt, records(nb), true));
     }
@@ -240,11 +240,11 @@ fn shapes(rt: &tokio::runtime::Runtime, smoke: bool) {
     let t = alternate(
         reps,
         &mut [
-            &mut || raw_loop(&records(n), Some(every)),
+            &mut || raw_loop(records(n), Some(every)),
             &mut || walsink_push_all(rt, records(n), walsink::Durability::Interval(every), None),
             &mut || yaque_push_all(rt, records(n)),
             &mut || mpsc_push_all(rt, records(n)),
-            &mut || raw_pipeline(&records(n), Some(every)),
+            &mut || raw_pipeline(records(n), Some(every)),
             &mut || {
                 walsink_push_all(
                     rt,

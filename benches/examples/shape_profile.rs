@@ -1,5 +1,5 @@
 //! One shape of the peers bench for one subject, for `perf` and `strace`:
-//! `cargo run --release --example shape_profile -- <push_all|batch64|e2e> <walsink|walsink-batch|okaywal|yaque|raw|zeroed|handoff> [records]`.
+//! `cargo run --release --example shape_profile -- <push_all|batch64|e2e> <walsink|walsink-batch|okaywal|yaque|raw|zeroed|handoff|none> [records]`.
 
 #[path = "../benches/peer_shapes.rs"]
 #[allow(dead_code)]
@@ -28,10 +28,10 @@ fn main() {
             let b = match w {
                 "walsink" => peer_shapes::walsink_batches(&rt, recs, false),
                 "walsink-batch" => peer_shapes::walsink_batches(&rt, recs, true),
-                "okaywal" => peer_shapes::okaywal_batches(&recs),
-                "zeroed" => peer_shapes::raw_batches_zeroed(&recs),
-                "handoff" => peer_shapes::raw_batches_zeroed_handoff(&rt, &recs),
-                _ => peer_shapes::raw_batches(&recs),
+                "okaywal" => peer_shapes::okaywal_batches(recs),
+                "zeroed" => peer_shapes::raw_batches_zeroed(recs),
+                "handoff" => peer_shapes::raw_batches_zeroed_handoff(&rt, recs),
+                _ => peer_shapes::raw_batches(recs),
             };
             println!("p50 {:.3} ms/batch", b.p50().as_secs_f64() * 1e3);
             b.total
@@ -47,7 +47,14 @@ fn main() {
             (w == "walsink-batch").then_some(1024),
         ),
         (_, "yaque") => peer_shapes::yaque_push_all(&rt, recs),
-        (s, _) => peer_shapes::raw_loop(&recs, (s == "e2e").then_some(every)),
+        // Only builds and drops the records: what every subject's run includes
+        // besides the subject (for `valgrind --tool=callgrind` counts).
+        (_, "none") => {
+            let t = std::time::Instant::now();
+            drop(recs);
+            t.elapsed()
+        }
+        (s, _) => peer_shapes::raw_loop(recs, (s == "e2e").then_some(every)),
     };
     println!(
         "{shape} {who}: {n} records in {:.1} ms ({:.0} rec/s)",
