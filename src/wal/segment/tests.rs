@@ -4,6 +4,65 @@ use super::*;
 use crate::wal::format::encode_frame;
 use crate::wal::storage::RealStorage;
 
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+/// An in-memory segment file for scanner tests: its bytes can grow while a scanner
+/// reads them, it counts reads, and it can fail the next read (after scribbling over
+/// the caller's buffer, as a failed read may).
+#[derive(Debug, Default, Clone)]
+struct MemFile {
+    bytes: Arc<Mutex<Vec<u8>>>,
+    reads: Arc<AtomicUsize>,
+    fail_next_read: Arc<AtomicBool>,
+}
+
+impl MemFile {
+    fn with(bytes: Vec<u8>) -> Self {
+        Self {
+            bytes: Arc::new(Mutex::new(bytes)),
+            ..Self::default()
+        }
+    }
+}
+
+impl StorageFile for MemFile {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+        self.reads.fetch_add(1, Ordering::Relaxed);
+        if self.fail_next_read.swap(false, Ordering::SeqCst) {
+            buf.fill(0xAB);
+            return Err(io::Error::other("injected read failure"));
+        }
+        let bytes = self
+            .bytes
+            .lock()
+            .map_err(|_| io::Error::other("poisoned"))?;
+        let start = (offset as usize).min(bytes.len());
+        let n = buf.len().min(bytes.len() - start);
+        buf[..n].copy_from_slice(&bytes[start..start + n]);
+        Ok(n)
+    }
+    fn write_all_at(&self, _: &[u8], _: u64) -> io::Result<()> {
+        Ok(())
+    }
+    fn sync(&self) -> io::Result<()> {
+        Ok(())
+    }
+    fn set_len(&self, _: u64) -> io::Result<()> {
+        Ok(())
+    }
+    fn len(&self) -> io::Result<u64> {
+        let bytes = self
+            .bytes
+            .lock()
+            .map_err(|_| io::Error::other("poisoned"))?;
+        Ok(bytes.len() as u64)
+    }
+    fn allocate(&self, _: u64) -> io::Result<()> {
+        Ok(())
+    }
+}
+
 fn segment_with(frames: &[(u64, Vec<u8>)]) -> io::Result<(tempfile::TempDir, Vec<u8>)> {
     let tmp = tempfile::tempdir()?;
     let mut bytes = SegmentHeader {
@@ -94,36 +153,6 @@ fn fully_acked_never_returns_the_active_segment() {
 /// first and never re-reads what it has. Counted in reads, not seconds.
 #[test]
 fn resync_over_garbage_reads_each_chunk_once() -> io::Result<()> {
-    use std::sync::Arc;
-    use std::sync::atomic::{AtomicUsize, Ordering};
-
-    #[derive(Debug)]
-    struct Counting(Vec<u8>, Arc<AtomicUsize>);
-    impl StorageFile for Counting {
-        fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
-            self.1.fetch_add(1, Ordering::Relaxed);
-            let start = (offset as usize).min(self.0.len());
-            let n = buf.len().min(self.0.len() - start);
-            buf[..n].copy_from_slice(&self.0[start..start + n]);
-            Ok(n)
-        }
-        fn write_all_at(&self, _: &[u8], _: u64) -> io::Result<()> {
-            Ok(())
-        }
-        fn sync(&self) -> io::Result<()> {
-            Ok(())
-        }
-        fn set_len(&self, _: u64) -> io::Result<()> {
-            Ok(())
-        }
-        fn len(&self) -> io::Result<u64> {
-            Ok(self.0.len() as u64)
-        }
-        fn allocate(&self, _: u64) -> io::Result<()> {
-            Ok(())
-        }
-    }
-
     let mut bytes = SegmentHeader {
         codec_id: 1,
         first_seq: 1,
@@ -138,9 +167,10 @@ fn resync_over_garbage_reads_each_chunk_once() -> io::Result<()> {
         x ^= x << 17;
         bytes.push(x as u8);
     }
-    let reads = Arc::new(AtomicUsize::new(0));
     let len = bytes.len();
-    let mut s = SegmentScanner::new(Box::new(Counting(bytes, reads.clone())), 1, 16 << 20);
+    let file = MemFile::with(bytes);
+    let reads = Arc::clone(&file.reads);
+    let mut s = SegmentScanner::new(Box::new(file), 1, 16 << 20);
     let mut steps = 0;
     loop {
         steps += 1;
@@ -333,58 +363,13 @@ fn taking_buffered_frames_sees_what_next_step_sees() -> io::Result<()> {
 /// take each frame exactly once and never read those stale bytes as contents.
 #[test]
 fn refills_never_expose_bytes_of_an_earlier_read() -> io::Result<()> {
-    use std::sync::atomic::{AtomicBool, Ordering};
-    use std::sync::{Arc, Mutex};
-
-    #[derive(Debug)]
-    struct Growing {
-        bytes: Arc<Mutex<Vec<u8>>>,
-        fail_next_read: Arc<AtomicBool>,
-    }
-    impl StorageFile for Growing {
-        fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
-            if self.fail_next_read.swap(false, Ordering::SeqCst) {
-                // A failed read may still have scribbled over the buffer.
-                buf.fill(0xAB);
-                return Err(io::Error::other("injected read failure"));
-            }
-            let bytes = self
-                .bytes
-                .lock()
-                .map_err(|_| io::Error::other("poisoned"))?;
-            let start = (offset as usize).min(bytes.len());
-            let n = buf.len().min(bytes.len() - start);
-            buf[..n].copy_from_slice(&bytes[start..start + n]);
-            Ok(n)
-        }
-        fn write_all_at(&self, _: &[u8], _: u64) -> io::Result<()> {
-            Ok(())
-        }
-        fn sync(&self) -> io::Result<()> {
-            Ok(())
-        }
-        fn set_len(&self, _: u64) -> io::Result<()> {
-            Ok(())
-        }
-        fn len(&self) -> io::Result<u64> {
-            let bytes = self
-                .bytes
-                .lock()
-                .map_err(|_| io::Error::other("poisoned"))?;
-            Ok(bytes.len() as u64)
-        }
-        fn allocate(&self, _: u64) -> io::Result<()> {
-            Ok(())
-        }
-    }
-
     let header = SegmentHeader {
         codec_id: 1,
         first_seq: 1,
         prev_last_seq: 0,
     };
-    let bytes = Arc::new(Mutex::new(header.encode().to_vec()));
-    let fail = Arc::new(AtomicBool::new(false));
+    let file = MemFile::with(header.encode().to_vec());
+    let (bytes, fail) = (Arc::clone(&file.bytes), Arc::clone(&file.fail_next_read));
     let append = |seqs: std::ops::Range<u64>| {
         let mut b = bytes.lock().expect("lock");
         for seq in seqs {
@@ -393,10 +378,6 @@ fn refills_never_expose_bytes_of_an_earlier_read() -> io::Result<()> {
             encode_frame(&mut b, seq, &payload);
         }
         b.len() as u64
-    };
-    let file = Growing {
-        bytes: Arc::clone(&bytes),
-        fail_next_read: Arc::clone(&fail),
     };
     let mut sc = SegmentScanner::new(Box::new(file), 1, 1 << 20);
     let mut seen: Vec<u64> = Vec::new();
