@@ -331,7 +331,9 @@ impl SegmentScanner {
             // On error `filled` stays at `have`: whatever the failed read left in the
             // buffer is never taken for file contents.
             let n = read?;
-            self.filled = have + n;
+            // A storage that reported more than it was given must not move `filled`
+            // past the buffer.
+            self.filled = have + n.min(want - have);
         }
         Ok(self.filled.min(need))
     }

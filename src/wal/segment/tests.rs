@@ -7,14 +7,16 @@ use crate::wal::storage::RealStorage;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-/// An in-memory segment file for scanner tests: its bytes can grow while a scanner
-/// reads them, it counts reads, and it can fail the next read (after scribbling over
-/// the caller's buffer, as a failed read may).
+/// An in-memory segment file for scanner tests: its bytes can change while a scanner
+/// reads them, it counts reads, and it can fail the next read, or every n-th one
+/// (after scribbling over the caller's buffer, as a failed read may).
 #[derive(Debug, Default, Clone)]
 struct MemFile {
     bytes: Arc<Mutex<Vec<u8>>>,
     reads: Arc<AtomicUsize>,
     fail_next_read: Arc<AtomicBool>,
+    /// When nonzero, every read whose count is a multiple of it fails.
+    fail_every: Arc<AtomicUsize>,
 }
 
 impl MemFile {
@@ -28,8 +30,11 @@ impl MemFile {
 
 impl StorageFile for MemFile {
     fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
-        self.reads.fetch_add(1, Ordering::Relaxed);
-        if self.fail_next_read.swap(false, Ordering::SeqCst) {
+        let count = self.reads.fetch_add(1, Ordering::Relaxed) + 1;
+        let every = self.fail_every.load(Ordering::Relaxed);
+        if self.fail_next_read.swap(false, Ordering::SeqCst)
+            || (every > 0 && count.is_multiple_of(every))
+        {
             buf.fill(0xAB);
             return Err(io::Error::other("injected read failure"));
         }
@@ -359,8 +364,11 @@ fn taking_buffered_frames_sees_what_next_step_sees() -> io::Result<()> {
 /// The read buffer keeps its initialized space from one refill to the next (it is not
 /// zeroed again), so after a refill that reads less than the last one, the buffer
 /// holds stale bytes of earlier frames past the bytes just read. A scanner following
-/// a growing file, through refills that straddle frames and a read that fails, must
-/// take each frame exactly once and never read those stale bytes as contents.
+/// an active segment (frames written over a preallocated zero tail, the logical length
+/// growing by less in some rounds than in the one before), through refills that cut
+/// frames and reads that fail part way, must take each frame exactly once: never read
+/// past the logical length into the zeros the next frames overwrite, and never take
+/// stale or scribbled bytes for contents.
 #[test]
 fn refills_never_expose_bytes_of_an_earlier_read() -> io::Result<()> {
     let header = SegmentHeader {
@@ -368,28 +376,41 @@ fn refills_never_expose_bytes_of_an_earlier_read() -> io::Result<()> {
         first_seq: 1,
         prev_last_seq: 0,
     };
-    let file = MemFile::with(header.encode().to_vec());
-    let (bytes, fail) = (Arc::clone(&file.bytes), Arc::clone(&file.fail_next_read));
-    let append = |seqs: std::ops::Range<u64>| {
-        let mut b = bytes.lock().expect("lock");
+    // The file is preallocated: the header, then zeros well past what is written.
+    let mut initial = header.encode().to_vec();
+    initial.resize(16 << 20, 0);
+    let file = MemFile::with(initial);
+    let (bytes, fail, fail_every) = (
+        Arc::clone(&file.bytes),
+        Arc::clone(&file.fail_next_read),
+        Arc::clone(&file.fail_every),
+    );
+    let mut logical = SEGMENT_HEADER_BYTES;
+    let mut append = |seqs: std::ops::Range<u64>| {
+        let mut frames = Vec::new();
         for seq in seqs {
             // Payloads of varying sizes, so frames straddle every refill boundary.
             let payload = vec![seq as u8; 100 + (seq as usize * 37) % 3000];
-            encode_frame(&mut b, seq, &payload);
+            encode_frame(&mut frames, seq, &payload);
         }
-        b.len() as u64
+        let mut b = bytes.lock().expect("lock");
+        b[logical..logical + frames.len()].copy_from_slice(&frames);
+        logical += frames.len();
+        logical as u64
     };
     let mut sc = SegmentScanner::new(Box::new(file), 1, 1 << 20);
     let mut seen: Vec<u64> = Vec::new();
     let mut next = 1u64;
     // Rounds: append a different amount each time (small after large, so a refill
-    // reads less than the one before), sometimes failing the first read of the round.
+    // reads less than the one before); some rounds fail their first read (nothing
+    // kept), others every 3rd read (failing part way, with a cut frame kept).
     for round in 0..40u64 {
         let add = [400u64, 3, 150, 1, 60, 250, 7][(round % 7) as usize];
         let len = append(next..next + add);
         next += add;
         sc.set_valid_len(len);
         fail.store(round % 5 == 2, Ordering::SeqCst);
+        fail_every.store(if round % 4 == 1 { 3 } else { 0 }, Ordering::SeqCst);
         let mut steps = 0;
         loop {
             steps += 1;
@@ -427,7 +448,7 @@ fn refills_never_expose_bytes_of_an_earlier_read() -> io::Result<()> {
                         "round {round}: stale or unread bytes taken as contents at {offset}: {kind}"
                     )
                 }
-                // The injected failure: the next call retries the read.
+                // An injected failure: the next call retries the read.
                 Err(_) => {}
             }
         }
