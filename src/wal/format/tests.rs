@@ -165,18 +165,11 @@ fn segment_names_round_trip_and_reject_strays() {
 /// `FRAME_CRC_INLINE_BYTES`. Every length around the switch, and a few far from it.
 #[test]
 fn frame_crc_is_the_crc_of_len_seq_and_payload_at_every_length() {
-    let mut x: u64 = 0x2545_F491_4F6C_DD1D;
+    let mut rng = crate::actor::SplitMix64(0x2545_F491_4F6C_DD1D);
     for n in (0..=FRAME_CRC_INLINE_BYTES + 40).chain([1000, 4096, 65_537]) {
-        let payload: Vec<u8> = (0..n)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                x as u8
-            })
-            .collect();
+        let payload: Vec<u8> = (0..n).map(|_| rng.next() as u8).collect();
         let len = n as u32;
-        let seq = x | 1;
+        let seq = rng.next() | 1;
         let mut whole = Vec::with_capacity(12 + n);
         whole.extend_from_slice(&len.to_le_bytes());
         whole.extend_from_slice(&seq.to_le_bytes());
