@@ -90,9 +90,11 @@ async fn a_full_filesystem_holds_writes_and_resumes_when_segments_are_deleted()
     let mut accepted: Vec<u64> = (0..100).collect();
     let mut full = false;
     for i in 100..1_000_000u64 {
+        // Read before the push: a full queue seen once the writer is stalled stays full.
+        let stalled = sink.stats().disk_full;
         match sink.try_push(record(i)) {
             Ok(()) => accepted.push(i),
-            Err(SinkError::Overflow) if sink.stats().disk_full => {
+            Err(SinkError::Overflow) if stalled => {
                 full = true;
                 break;
             }

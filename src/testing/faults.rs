@@ -146,11 +146,15 @@ async fn a_full_disk_holds_writes_and_resumes_when_space_returns() {
     let mut accepted = Vec::new();
     let mut overflowed = false;
     for i in 100..100_000u64 {
+        // Read before the push: once the writer is stalled it takes nothing until space
+        // returns, so a full queue seen after that stays full. (An overflow seen just
+        // before the stall can be followed by the writer taking the whole queue.)
+        let stalled = sink.stats().disk_full;
         match sink.try_push(i) {
             Ok(()) => accepted.push(i),
             // The queue can also fill for a moment before the writer meets the full
             // disk: only an overflow behind a stalled writer ends the loop.
-            Err(SinkError::Overflow) if sink.stats().disk_full => {
+            Err(SinkError::Overflow) if stalled => {
                 overflowed = true;
                 break;
             }
@@ -201,9 +205,13 @@ async fn a_push_batch_cancelled_at_the_queue_gives_its_budget_back() {
     // Fill the queue behind the stalled writer.
     let mut accepted = vec![1u64];
     for i in 100..100_000u64 {
+        // Read before the push: once the writer is stalled it takes nothing until space
+        // returns, so a full queue seen after that stays full. (An overflow seen just
+        // before the stall can be followed by the writer taking the whole queue.)
+        let stalled = sink.stats().disk_full;
         match sink.try_push(i) {
             Ok(()) => accepted.push(i),
-            Err(SinkError::Overflow) if sink.stats().disk_full => break,
+            Err(SinkError::Overflow) if stalled => break,
             Err(SinkError::Overflow) => {}
             Err(e) => panic!("unexpected {e}"),
         }
