@@ -37,8 +37,13 @@
 //! # File I/O
 //!
 //! Reading segments, writing the cursor and deleting segments are blocking file
-//! operations; each delivery runs them in one `spawn_blocking` call, so they never
-//! stall the application's runtime workers.
+//! operations; they run on the blocking pool (`spawn_blocking`), so they never stall
+//! the application's runtime workers: one call reads a batch, one writes the cursor
+//! after the drain acknowledged it. When the next batch is already due at that point
+//! (the delivery is behind the writer, a `flush` waits, recovered records are being
+//! replayed, or shutdown has begun), the cursor's call goes on to read it, after the
+//! cursor write: one round trip a batch while the delivery is behind. At most one
+//! batch's frames are held at a time.
 //!
 //! # Shutdown
 //!

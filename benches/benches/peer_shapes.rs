@@ -379,24 +379,76 @@ pub fn raw_batches_zeroed(recs: Vec<Vec<u8>>) -> Batches {
     })
 }
 
+/// Checks the CRC of each whole frame at the start of `buf` and copies its payload
+/// into a `Vec` of its own (what a drain receives), handing `delivered` on (clearing
+/// it) every `batch` records. Returns the bytes and the frames consumed.
+fn consume_frames(buf: &[u8], delivered: &mut Vec<Vec<u8>>, batch: usize) -> (usize, usize) {
+    let (mut at, mut frames) = (0usize, 0usize);
+    while at + 16 <= buf.len() {
+        let len = u32::from_le_bytes(buf[at..at + 4].try_into().expect("4")) as usize;
+        let crc = u32::from_le_bytes(buf[at + 4..at + 8].try_into().expect("4"));
+        let mut h = crc32fast::Hasher::new();
+        h.update(&buf[at..at + 4]);
+        h.update(&buf[at + 8..at + 16 + len]);
+        assert_eq!(h.finalize(), crc, "frame at {at}");
+        delivered.push(buf[at + 16..at + 16 + len].to_vec());
+        if delivered.len() == batch {
+            delivered.clear(); // the drain took the batch
+        }
+        at += 16 + len;
+        frames += 1;
+    }
+    (at, frames)
+}
+
+/// Records a delivering consumer takes at a time: walsink's default `batch_size`.
+pub const CONSUMER_BATCH: usize = 256;
+
 /// Floor of batch64_sync behind an async API: the caller (a task, as walsink's
 /// callers are) frames each batch and hands it to a writer thread through a tokio
 /// channel; the thread `pwrite`s it into a zero-filled file, fdatasyncs and answers
 /// through a oneshot. walsink's `sync` makes the same two thread hand-offs.
-pub fn raw_batches_zeroed_handoff(rt: &tokio::runtime::Runtime, recs: Vec<Vec<u8>>) -> Batches {
+///
+/// With `consumer`, also what walsink does beside it with its drain running: once
+/// every [`CONSUMER_BATCH`] records written, the writer (after answering) passes the
+/// written end to a consumer thread, which reads the frames back, checks each CRC and
+/// copies each payload into a `Vec` of its own, as `raw_pipeline`'s consumer does.
+pub fn raw_batches_zeroed_handoff(
+    rt: &tokio::runtime::Runtime,
+    recs: Vec<Vec<u8>>,
+    consumer: bool,
+) -> Batches {
     use std::os::unix::fs::FileExt;
     type Job = (Vec<u8>, tokio::sync::oneshot::Sender<()>);
     let tmp = tempfile::tempdir().expect("tempdir");
     let f = zeroed_file(tmp.path(), recs.len() * (RECORD_BYTES + 16) + (1 << 20));
+    let input = f.try_clone().expect("clone for reading");
     let chunks = chunked(recs, BATCH);
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Job>();
+    let (to_consumer, from_writer) = std::sync::mpsc::channel::<u64>();
+    let consumer = consumer.then(|| {
+        std::thread::spawn(move || {
+            let (mut read_to, mut buf) = (0u64, Vec::new());
+            let mut delivered: Vec<Vec<u8>> = Vec::with_capacity(CONSUMER_BATCH);
+            for end in from_writer {
+                buf.resize((end - read_to) as usize, 0);
+                input.read_exact_at(&mut buf, read_to).expect("read back");
+                read_to += consume_frames(&buf, &mut delivered, CONSUMER_BATCH).0 as u64;
+            }
+        })
+    });
     let writer = std::thread::spawn(move || {
-        let mut at = 0u64;
+        let (mut at, mut unsent) = (0u64, 0usize);
         while let Some((buf, done)) = rx.blocking_recv() {
             f.write_all_at(&buf, at).expect("pwrite");
             at += buf.len() as u64;
             f.sync_data().expect("fdatasync");
             let _ = done.send(());
+            unsent += BATCH;
+            if unsent >= CONSUMER_BATCH {
+                unsent = 0;
+                let _ = to_consumer.send(at);
+            }
         }
     });
     let result = rt.block_on(async {
@@ -422,6 +474,9 @@ pub fn raw_batches_zeroed_handoff(rt: &tokio::runtime::Runtime, recs: Vec<Vec<u8
     });
     drop(tx);
     writer.join().expect("writer thread");
+    if let Some(c) = consumer {
+        c.join().expect("consumer thread");
+    }
     result
 }
 
@@ -466,21 +521,8 @@ pub fn raw_pipeline(recs: Vec<Vec<u8>>, sync_every: Option<Duration>) -> Duratio
         for end in from_writer {
             buf.resize((end - read_to) as usize, 0);
             input.read_exact_at(&mut buf, read_to).expect("read back");
-            let mut at = 0usize;
-            while at + 16 <= buf.len() {
-                let len = u32::from_le_bytes(buf[at..at + 4].try_into().expect("4")) as usize;
-                let crc = u32::from_le_bytes(buf[at + 4..at + 8].try_into().expect("4"));
-                let mut h = crc32fast::Hasher::new();
-                h.update(&buf[at..at + 4]);
-                h.update(&buf[at + 8..at + 16 + len]);
-                assert_eq!(h.finalize(), crc, "frame at {at}");
-                delivered.push(buf[at + 16..at + 16 + len].to_vec());
-                if delivered.len() == 4096 {
-                    delivered.clear(); // the drain took the batch
-                }
-                at += 16 + len;
-                got += 1;
-            }
+            let (at, frames) = consume_frames(&buf, &mut delivered, 4096);
+            got += frames;
             read_to += at as u64;
         }
         got

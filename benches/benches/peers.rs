@@ -186,7 +186,7 @@ fn shapes(rt: &tokio::runtime::Runtime, smoke: bool) {
     println!(
         "== batch64_sync: {nb} records in batches of {BATCH}, each durable before the next; median of {reps}"
     );
-    let mut runs: Vec<Vec<Batches>> = (0..7).map(|_| Vec::new()).collect();
+    let mut runs: Vec<Vec<Batches>> = (0..8).map(|_| Vec::new()).collect();
     for _ in 0..reps {
         settle();
         runs[0].push(raw_batches(records(nb)));
@@ -199,9 +199,11 @@ fn shapes(rt: &tokio::runtime::Runtime, smoke: bool) {
         settle();
         runs[4].push(raw_batches_zeroed(records(nb)));
         settle();
-        runs[5].push(raw_batches_zeroed_handoff(rt, records(nb)));
+        runs[5].push(raw_batches_zeroed_handoff(rt, records(nb), false));
         settle();
         runs[6].push(walsink_batches(rt, records(nb), true));
+        settle();
+        runs[7].push(raw_batches_zeroed_handoff(rt, records(nb), true));
     }
     let med: Vec<(Duration, Duration)> = runs
         .into_iter()
@@ -219,6 +221,7 @@ fn shapes(rt: &tokio::runtime::Runtime, smoke: bool) {
         "floor: raw pwrite+fdatasync, zero-filled file",
         "floor: the same behind an async hand-off",
         "walsink try_push_batch(64) + sync",
+        "floor: the hand-off, and a consumer reading back",
     ];
     for (name, (total, p50)) in names.iter().zip(&med) {
         line(name, nb, *total, med[0].0);
@@ -226,10 +229,11 @@ fn shapes(rt: &tokio::runtime::Runtime, smoke: bool) {
     }
     for (name, w) in [("try_push", 1), ("try_push_batch", 6)] {
         println!(
-            "  {name}: walsink/okaywal {:.2}, walsink/raft-engine {:.2}, walsink/floor-with-hand-off {:.2}",
+            "  {name}: walsink/okaywal {:.2}, walsink/raft-engine {:.2}, walsink/floor-with-hand-off {:.2}, walsink/floor-with-hand-off-and-consumer {:.2}",
             med[2].0.as_secs_f64() / med[w].0.as_secs_f64(),
             med[3].0.as_secs_f64() / med[w].0.as_secs_f64(),
-            med[5].0.as_secs_f64() / med[w].0.as_secs_f64()
+            med[5].0.as_secs_f64() / med[w].0.as_secs_f64(),
+            med[7].0.as_secs_f64() / med[w].0.as_secs_f64()
         );
     }
 

@@ -1,5 +1,5 @@
 //! One shape of the peers bench for one subject, for `perf` and `strace`:
-//! `cargo run --release --example shape_profile -- <push_all|batch64|e2e> <walsink|walsink-batch|okaywal|yaque|raw|zeroed|handoff|none> [records]`.
+//! `cargo run --release --example shape_profile -- <push_all|batch64|e2e> <walsink|walsink-batch|okaywal|yaque|raw|zeroed|handoff|handoff-consumer|none> [records]`.
 
 #[path = "../benches/peer_shapes.rs"]
 #[allow(dead_code)]
@@ -30,7 +30,8 @@ fn main() {
                 "walsink-batch" => peer_shapes::walsink_batches(&rt, recs, true),
                 "okaywal" => peer_shapes::okaywal_batches(recs),
                 "zeroed" => peer_shapes::raw_batches_zeroed(recs),
-                "handoff" => peer_shapes::raw_batches_zeroed_handoff(&rt, recs),
+                "handoff" => peer_shapes::raw_batches_zeroed_handoff(&rt, recs, false),
+                "handoff-consumer" => peer_shapes::raw_batches_zeroed_handoff(&rt, recs, true),
                 _ => peer_shapes::raw_batches(recs),
             };
             println!("p50 {:.3} ms/batch", b.p50().as_secs_f64() * 1e3);
