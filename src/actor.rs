@@ -45,7 +45,10 @@
 //! On cancellation (or when the writer stops because every sink handle was dropped),
 //! the task keeps delivering until everything written is acknowledged or
 //! `shutdown_timeout` has passed (an in-flight `write_batch` is abandoned at that
-//! point; its records stay on disk). Then it makes the cursor durable, calls
+//! point; its records stay on disk). The cursor first moves past whatever the
+//! interrupted batch had settled: the halves of a split batch the drain acknowledged
+//! and the dead letters stored, in seq order up to the first record still open, so
+//! that a graceful restart delivers none of them again. Then it makes the cursor durable, calls
 //! `drain.close()`, and answers unfinished `flush` calls with `Closed`.
 
 use std::sync::Arc;
@@ -347,7 +350,19 @@ impl<T: Send + 'static, D: SinkDrain<T>> Actor<T, D> {
             self.shared.counters().corrupt_records.add(lost);
         }
         if !frames.is_empty() {
-            self.deliver_frames(&frames).await?;
+            let mut settled = 0;
+            if let Err(Interrupted) = self.deliver_frames(&frames, &mut settled).await {
+                // What the drain acknowledged (or the dead-letter store took) before the
+                // deadline stays acknowledged: move the cursor past that prefix before
+                // `finish` makes it durable, or the next open delivers it again.
+                let through = settled
+                    .checked_sub(1)
+                    .and_then(|i| frames.seqs().get(i).copied());
+                if let Some(through) = through.filter(|&t| t > self.acked_through) {
+                    self.advance_cursor(through).await;
+                }
+                return Err(Interrupted);
+            }
         }
         let through = self
             .wal
@@ -422,7 +437,15 @@ impl<T: Send + 'static, D: SinkDrain<T>> Actor<T, D> {
     }
 
     /// Delivers frames with retry and bisection (see the module doc).
-    async fn deliver_frames(&mut self, frames: &FrameBatch) -> Result<(), Interrupted> {
+    ///
+    /// `settled` counts the leading frames that are done with: acknowledged by the drain
+    /// or stored as dead letters. It is all of them on `Ok`; on `Interrupted` it is the
+    /// prefix the cursor may still pass.
+    async fn deliver_frames(
+        &mut self,
+        frames: &FrameBatch,
+        settled: &mut usize,
+    ) -> Result<(), Interrupted> {
         let mut good = Vec::with_capacity(frames.len());
         let mut first_seqs = Vec::with_capacity(frames.len());
         let mut first_items = Vec::with_capacity(frames.len());
@@ -445,9 +468,16 @@ impl<T: Send + 'static, D: SinkDrain<T>> Actor<T, D> {
                         None,
                     );
                     self.dead_letter(meta, payload).await?;
+                    if good.is_empty() {
+                        // Every frame so far was undecodable and is stored.
+                        *settled = i + 1;
+                    }
                 }
             }
         }
+        // Undecodable frames are all stored now: the prefix ends at the first frame
+        // still to deliver.
+        *settled = good.first().copied().unwrap_or(frames.len());
         // The first attempt delivers what was just decoded; retries and halves decode
         // again from the frames (records are not `Clone`).
         let mut first = Some(Batch::new(first_seqs, first_items));
@@ -458,6 +488,10 @@ impl<T: Send + 'static, D: SinkDrain<T>> Actor<T, D> {
             calls: 0,
             first_failed_at: None,
         }];
+        // Ranges are taken in order (the lower half of a split is pushed last), so
+        // when one settles, so has every good frame below its end: the settled prefix
+        // then reaches the next good frame (undecodable ones are stored already).
+        let settled_through = |hi: usize| good.get(hi).copied().unwrap_or(frames.len());
         while let Some(range) = todo.pop() {
             let Pending { lo, hi, .. } = range;
             let idx = good.get(lo..hi).unwrap_or_default();
@@ -488,6 +522,7 @@ impl<T: Send + 'static, D: SinkDrain<T>> Actor<T, D> {
                         if replayed > 0 {
                             self.shared.counters().replayed.add(replayed);
                         }
+                        *settled = settled_through(hi);
                         break;
                     }
                     Err(e) if e.is_retryable() => {
@@ -513,6 +548,7 @@ impl<T: Send + 'static, D: SinkDrain<T>> Actor<T, D> {
                                 first_failed_at,
                             );
                             self.dead_letter(meta, payload).await?;
+                            *settled = settled_through(hi);
                         } else {
                             let mid = lo + (hi - lo) / 2;
                             let half = |lo, hi| Pending {
@@ -529,6 +565,7 @@ impl<T: Send + 'static, D: SinkDrain<T>> Actor<T, D> {
                 }
             }
         }
+        debug_assert_eq!(*settled, frames.len(), "every frame settled");
         Ok(())
     }
 

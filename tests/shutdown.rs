@@ -176,3 +176,89 @@ async fn a_panicking_drain_is_reported_not_hung() -> Result<(), Box<dyn std::err
     assert!(refused);
     Ok(())
 }
+
+/// Shutdown's deadline in the middle of a bisected batch: the halves the drain already
+/// acknowledged stay acknowledged. The cursor moves past them before it is made
+/// durable, so the next open delivers only the rest. Before, the interrupted batch
+/// left the cursor below all of it, and a graceful restart delivered the acknowledged
+/// half a second time (found while investigating a model failure on a starved machine).
+/// (Real time: the drain hangs until the deadline, whatever the machine's speed.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_deadline_inside_a_bisected_batch_keeps_the_acknowledged_half()
+-> Result<(), Box<dyn std::error::Error>> {
+    let tmp = tempfile::tempdir()?;
+    let mut cfg = small_config(tmp.path());
+    cfg.batch_size = 8;
+    cfg.shutdown_timeout = Duration::from_millis(50);
+
+    // First run: eight records on disk, nothing acknowledged.
+    let (entered_tx, mut entered) = tokio::sync::mpsc::unbounded_channel();
+    struct Hangs(tokio::sync::mpsc::UnboundedSender<()>);
+    impl SinkDrain<u64> for Hangs {
+        async fn write_batch(&mut self, _b: Batch<u64>) -> Result<(), DrainError> {
+            let _ = self.0.send(());
+            std::future::pending().await
+        }
+    }
+    let shutdown = CancellationToken::new();
+    let (sink, handle) =
+        DurableSink::<u64>::open(cfg.clone(), Hangs(entered_tx), shutdown.clone()).await?;
+    sink.push_batch(&mut (0..8u64).collect()).await?;
+    sink.sync().await?;
+    entered.recv().await.ok_or("the drain was never called")?;
+    shutdown.cancel();
+    let report = tokio::time::timeout(Duration::from_secs(60), handle.join()).await??;
+    assert_eq!(report.left_on_disk, 8);
+
+    // Second run: the replayed batch holds poison (6), so it is split; the first half
+    // is acknowledged, then the drain hangs on the half after it until the deadline.
+    struct PoisonThenHang {
+        log: Log,
+        hanging: tokio::sync::mpsc::UnboundedSender<()>,
+    }
+    impl SinkDrain<u64> for PoisonThenHang {
+        async fn write_batch(&mut self, batch: Batch<u64>) -> Result<(), DrainError> {
+            if batch.iter().any(|(_, &v)| v == 6) {
+                return Err(DrainError::permanent("6 is poison"));
+            }
+            if batch.iter().any(|(_, &v)| v >= 4) {
+                let _ = self.hanging.send(());
+                return std::future::pending().await;
+            }
+            self.log.lock().expect("log").extend(batch.into_pairs());
+            Ok(())
+        }
+    }
+    let first = new_log();
+    let (hanging_tx, mut hanging) = tokio::sync::mpsc::unbounded_channel();
+    let shutdown = CancellationToken::new();
+    let drain = PoisonThenHang {
+        log: Arc::clone(&first),
+        hanging: hanging_tx,
+    };
+    let (sink, handle) = DurableSink::<u64>::open(cfg.clone(), drain, shutdown.clone()).await?;
+    hanging
+        .recv()
+        .await
+        .ok_or("the drain never reached the second half")?;
+    assert_eq!(values(&first), vec![0, 1, 2, 3]);
+    shutdown.cancel();
+    let report = tokio::time::timeout(Duration::from_secs(60), handle.join()).await??;
+    drop(sink);
+    assert_eq!(report.left_on_disk, 4, "{report:?}");
+
+    // Third run: only what was not acknowledged comes back.
+    let log = new_log();
+    let shutdown = CancellationToken::new();
+    let (sink, handle) =
+        DurableSink::<u64>::open(cfg, Collect::new(&log), shutdown.clone()).await?;
+    sink.flush().await?;
+    assert_eq!(
+        values(&log),
+        vec![4, 5, 6, 7],
+        "acknowledged records came back"
+    );
+    shutdown.cancel();
+    handle.join().await?;
+    Ok(())
+}

@@ -25,9 +25,13 @@
 //! land at varied points inside it.
 //!
 //! Checks after every step: the seq↔id mapping is the same everywhere; within an
-//! incarnation seqs and ids strictly increase; an id delivered again in a later
-//! incarnation has a seq above the cursor recovery read after the crash before it, and
-//! a graceful restart redelivers nothing; a refused id is never delivered; segment
+//! incarnation seqs and ids strictly increase; no id is delivered twice within an
+//! *epoch* (the incarnations from one opened after a crash, or after a failed sink,
+//! through the graceful restarts that follow it); an id delivered in an earlier epoch
+//! comes again only with a seq above the cursor recovery read when its epoch began. (A
+//! graceful shutdown whose deadline left records on disk hands the rest of a replay
+//! on to the next incarnation: those records are still owed their first delivery of
+//! the epoch.) A refused id is never delivered; segment
 //! bytes stay within budget plus one segment. At the end: every durable id (minus
 //! poison and the records whose frames the case damaged) was delivered.
 //!
@@ -85,6 +89,15 @@ type WorldRef = Arc<Mutex<World>>;
 
 fn world(w: &WorldRef) -> std::sync::MutexGuard<'_, World> {
     w.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// A run of incarnations with no crash between (see the module doc).
+#[derive(Clone, Copy, Debug)]
+struct Epoch {
+    /// The incarnation that began it.
+    began: u64,
+    /// The cursor recovery read when it began.
+    floor: u64,
 }
 
 struct ModelDrain {
@@ -145,8 +158,10 @@ struct Case {
     accepted_log: Vec<(u64, u64)>,
     /// Seq returned by `push_durable` for an id.
     seq_of: HashMap<u64, u64>,
-    /// Per incarnation, the cursor recovery read (duplicates must lie above it).
-    dup_floor: HashMap<u64, Option<u64>>,
+    /// Per incarnation, its epoch: the incarnation that began it (opened after a crash
+    /// or a failed sink) and the cursor recovery read then. Duplicates of deliveries
+    /// from before the epoch must lie above that cursor; within an epoch there are none.
+    epoch_of: HashMap<u64, Epoch>,
     /// The sink has failed (injected I/O error): only a restart helps.
     failed: bool,
     /// Unsynced data may have been bit-flipped: holes in the accepted order are legal.
@@ -169,10 +184,23 @@ impl Case {
         self.rng.next() % n
     }
 
+    /// Opens the next incarnation. `floor`: the cursor recovery will read, when this
+    /// open begins an epoch; `None` continues the epoch of the incarnation before.
     async fn open(&mut self, floor: Option<u64>) {
+        let epoch = match floor {
+            Some(floor) => Epoch {
+                began: self.incarnation + 1,
+                floor,
+            },
+            None => self
+                .epoch_of
+                .get(&self.incarnation)
+                .copied()
+                .unwrap_or(Epoch { began: 1, floor: 0 }),
+        };
         self.incarnation += 1;
         world(&self.world).alive = self.incarnation;
-        self.dup_floor.insert(self.incarnation, floor);
+        self.epoch_of.insert(self.incarnation, epoch);
         let shutdown = CancellationToken::new();
         let codec: Arc<dyn Codec<u64>> = Arc::new(BincodeCodec);
         let drain = ModelDrain {
@@ -617,7 +645,13 @@ impl Case {
         self.disk.flaky_reads(0);
         let res = self.stop_running().await;
         match res {
-            Some(Ok(_)) => {
+            Some(Ok(report)) => {
+                if report.left_on_disk > 0 {
+                    self.steps.push(format!(
+                        "(shutdown deadline: {} records left on disk, cursor {})",
+                        report.left_on_disk, report.acked_seq
+                    ));
+                }
                 // A clean shutdown synced everything accepted.
                 self.durable.extend(self.accepted.drain(..));
             }
@@ -629,8 +663,9 @@ impl Case {
         }
         self.disk.fail_sync_after(None);
         self.disk.space_bytes(None);
-        // A graceful restart may redeliver nothing already delivered... unless the sink
-        // had failed, in which case its cursor may be behind.
+        // A graceful restart continues the epoch: it redelivers nothing the epoch
+        // delivered... unless the sink had failed, in which case its cursor may be
+        // behind, and a new epoch begins at the cursor on disk.
         let floor = if self.failed {
             self.cursor_on_disk()
         } else {
@@ -662,7 +697,7 @@ impl Case {
         let mut id_of_seq: BTreeMap<u64, u64> = BTreeMap::new();
         let mut seq_of_id: BTreeMap<u64, u64> = BTreeMap::new();
         let mut last: HashMap<u64, (u64, u64)> = HashMap::new();
-        let mut first_inc: HashMap<u64, u64> = HashMap::new();
+        let mut last_inc: HashMap<u64, u64> = HashMap::new();
         for d in &w.log {
             assert!(
                 !self.refused.contains(&d.id),
@@ -718,34 +753,37 @@ impl Case {
                 );
             }
             last.insert(d.incarnation, (d.seq, d.id));
-            match first_inc.get(&d.id) {
-                None => {
-                    first_inc.insert(d.id, d.incarnation);
-                }
-                Some(&inc) => {
-                    assert!(
-                        inc < d.incarnation,
-                        "id {} delivered twice in incarnation {inc}; {}",
-                        d.id,
-                        self.ctx()
-                    );
-                    let floor = self.dup_floor.get(&d.incarnation).copied().flatten();
-                    match floor {
-                        Some(c) => assert!(
-                            d.seq > c,
-                            "id {} (seq {}) redelivered though the cursor {c} had passed it; {}",
-                            d.id,
-                            d.seq,
-                            self.ctx()
-                        ),
-                        None => panic!(
-                            "id {} redelivered after a graceful restart; {}",
-                            d.id,
-                            self.ctx()
-                        ),
-                    }
-                }
+            if let Some(&inc) = last_inc.get(&d.id) {
+                assert!(
+                    inc < d.incarnation,
+                    "id {} delivered twice in incarnation {inc}; {}",
+                    d.id,
+                    self.ctx()
+                );
+                let epoch = self
+                    .epoch_of
+                    .get(&d.incarnation)
+                    .copied()
+                    .unwrap_or(Epoch { began: 1, floor: 0 });
+                assert!(
+                    inc < epoch.began,
+                    "id {} (seq {}) delivered in incarnation {inc}, then again in {} with no crash between (epoch began in {}); {}",
+                    d.id,
+                    d.seq,
+                    d.incarnation,
+                    epoch.began,
+                    self.ctx()
+                );
+                assert!(
+                    d.seq > epoch.floor,
+                    "id {} (seq {}) redelivered though the cursor {} had passed it; {}",
+                    d.id,
+                    d.seq,
+                    epoch.floor,
+                    self.ctx()
+                );
             }
+            last_inc.insert(d.id, d.incarnation);
         }
         drop(w);
         let seg = self.disk.bytes_of(".seg");
@@ -873,7 +911,7 @@ async fn run_case(seed: u64, steps: u64) {
         refused: BTreeSet::new(),
         accepted_log: Vec::new(),
         seq_of: HashMap::new(),
-        dup_floor: HashMap::new(),
+        epoch_of: HashMap::new(),
         failed: false,
         flipped: false,
         damaged: BTreeSet::new(),
