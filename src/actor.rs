@@ -37,8 +37,13 @@
 //! # File I/O
 //!
 //! Reading segments, writing the cursor and deleting segments are blocking file
-//! operations; each delivery runs them in one `spawn_blocking` call, so they never
-//! stall the application's runtime workers.
+//! operations, run on the blocking pool (`spawn_blocking`), so they never stall the
+//! application's runtime workers. A batch takes two such calls, a read and a cursor
+//! write, except when the delivery is behind: if the next batch is already due when
+//! the cursor is written (a full batch waiting, replay, shutdown, a `flush` beyond
+//! this batch), the cursor call reads it too, after the write, and the next delivery
+//! starts from it. Not when the cursor answers a waiting `flush` (its answer would
+//! wait for the read) and not when the cursor did not move (a stall backs off first).
 //!
 //! # Shutdown
 //!
@@ -97,6 +102,9 @@ pub(crate) struct ActorInit<T, D> {
     pub(crate) retry: RetryPolicy,
     pub(crate) shutdown_timeout: Duration,
 }
+
+/// What one read of the WAL returns: the frames and how many were lost to damage.
+type ReadResult = std::io::Result<(FrameBatch, u64)>;
 
 /// WAL-side state moved into `spawn_blocking` for each delivery.
 struct Wal {
@@ -172,6 +180,9 @@ pub(crate) struct Actor<T, D> {
     stop_at: Option<Instant>,
     /// Every record at or below this is acknowledged (the cursor's in-memory value).
     acked_through: u64,
+    /// The next batch, read in the same blocking call that wrote the cursor because
+    /// it was already due then (see `advance_cursor`); delivered before any new read.
+    read_ahead: Option<ReadResult>,
     rng: SplitMix64,
 }
 
@@ -206,6 +217,7 @@ impl<T: Send + 'static, D: SinkDrain<T>> Actor<T, D> {
             shutdown_timeout: init.shutdown_timeout,
             stop_at: None,
             acked_through,
+            read_ahead: None,
             rng: SplitMix64::from_entropy(),
         }
     }
@@ -254,10 +266,7 @@ impl<T: Send + 'static, D: SinkDrain<T>> Actor<T, D> {
                 break;
             }
             if backlog > 0 {
-                let urgent = backlog >= self.batch_size as u64
-                    || self.stop_at.is_some()
-                    || self.acked_through < self.replay_through
-                    || self.waiting.iter().any(|w| w.target > self.acked_through);
+                let urgent = self.read_ahead.is_some() || self.due_now(self.acked_through, written);
                 let deadline = *batch_deadline.get_or_insert(now + self.flush_interval);
                 if urgent || now >= deadline {
                     batch_deadline = None;
@@ -307,6 +316,19 @@ impl<T: Send + 'static, D: SinkDrain<T>> Actor<T, D> {
         self.finish().await
     }
 
+    /// Whether records written through `written` must be delivered now, without
+    /// waiting for the batch deadline, once everything through `acked` is acknowledged:
+    /// a full batch is waiting, shutdown has begun, recovered records are being
+    /// replayed, or a `flush` waits for them.
+    fn due_now(&self, acked: u64, written: u64) -> bool {
+        let backlog = written.saturating_sub(acked);
+        backlog > 0
+            && (backlog >= self.batch_size as u64
+                || self.stop_at.is_some()
+                || acked < self.replay_through
+                || self.waiting.iter().any(|w| w.target > acked))
+    }
+
     /// Runs blocking WAL I/O on the blocking pool, handing the WAL state there and
     /// back. A panic inside (an invariant violation) is re-raised here and ends the
     /// task; `None` if the runtime is shutting down.
@@ -333,11 +355,15 @@ impl<T: Send + 'static, D: SinkDrain<T>> Actor<T, D> {
     /// Reads the next batch from the WAL, delivers it, advances the cursor.
     async fn deliver_next(&mut self, written: u64) -> Result<(), Interrupted> {
         let (max_records, max_bytes) = (self.batch_size, BATCH_BYTES_SOFT_LIMIT);
-        let Some(res) = self
-            .on_wal(move |wal| wal.reader.read_batch(written, max_records, max_bytes))
-            .await
-        else {
-            return Err(Interrupted);
+        let res = match self.read_ahead.take() {
+            Some(res) => res,
+            None => match self
+                .on_wal(move |wal| wal.reader.read_batch(written, max_records, max_bytes))
+                .await
+            {
+                Some(res) => res,
+                None => return Err(Interrupted),
+            },
         };
         let (frames, lost) = match res {
             Ok(v) => v,
@@ -359,24 +385,44 @@ impl<T: Send + 'static, D: SinkDrain<T>> Actor<T, D> {
                     .checked_sub(1)
                     .and_then(|i| frames.seqs().get(i).copied());
                 if let Some(through) = through.filter(|&t| t > self.acked_through) {
-                    self.advance_cursor(through).await;
+                    self.advance_cursor(through, false).await;
                 }
                 return Err(Interrupted);
             }
         }
+        // Freed before a read ahead fills the next batch: one batch in memory at a time.
+        drop(frames);
         let through = self
             .wal
             .as_ref()
             .map_or(self.acked_through, |w| w.reader.position() - 1);
-        self.advance_cursor(through).await;
+        self.advance_cursor(through, true).await;
         Ok(())
     }
 
-    async fn advance_cursor(&mut self, through: u64) {
+    /// Writes the cursor through `through` (the drain acknowledged everything up to
+    /// it). With `may_read_next` (the reader stands just past `through`), if the next
+    /// batch is already due, the same blocking call then reads it (kept in
+    /// `read_ahead`): one round trip to the blocking pool a batch instead of two while
+    /// the delivery is behind. The cursor is written first, exactly when it would be
+    /// without the read. No read ahead when this call answers a `flush` (the answer
+    /// would wait for the read) or moves nothing (a stall: the read would come before
+    /// the backoff and return stale).
+    async fn advance_cursor(&mut self, through: u64, may_read_next: bool) {
         // After storing dead letters, make the cursor durable at once: until it is,
         // a power loss could replay their records, and a purge in between be undone.
         let persist = std::mem::take(&mut self.dead_letters.stored);
-        let Some((res, durable)) = self
+        let written = self.shared.written_seq.load(Ordering::Acquire);
+        while let Ok(req) = self.flushes.try_recv() {
+            self.waiting.push(req);
+        }
+        let read_next = (may_read_next
+            && through > self.acked_through
+            && !self.waiting.iter().any(|w| w.target <= through)
+            && self.due_now(through, written))
+        .then_some(written);
+        let (max_records, max_bytes) = (self.batch_size, BATCH_BYTES_SOFT_LIMIT);
+        let Some((res, durable, ahead)) = self
             .on_wal(move |wal| {
                 let res = wal.cursor.advance(through).and_then(|()| {
                     if persist {
@@ -385,12 +431,15 @@ impl<T: Send + 'static, D: SinkDrain<T>> Actor<T, D> {
                         Ok(())
                     }
                 });
-                (res, wal.cursor.durable())
+                let durable = wal.cursor.durable();
+                let ahead = read_next.map(|w| wal.reader.read_batch(w, max_records, max_bytes));
+                (res, durable, ahead)
             })
             .await
         else {
             return;
         };
+        self.read_ahead = ahead;
         self.dead_letters.store.set_durable_cursor(durable);
         if let Err(e) = res {
             // The acknowledgement stands in memory; the cursor file catches up on the
