@@ -28,7 +28,8 @@
 //! incarnation seqs and ids strictly increase; no id is delivered twice within an
 //! *epoch* (the incarnations from one opened after a crash, or after a failed sink,
 //! through the graceful restarts that follow it); an id delivered in an earlier epoch
-//! comes again only with a seq above the cursor recovery read when its epoch began. (A
+//! comes again only with a seq above the cursor recovery read when its epoch began,
+//! and above the cursor every graceful shutdown since made durable. (A
 //! graceful shutdown whose deadline left records on disk hands the rest of a replay
 //! on to the next incarnation: those records are still owed their first delivery of
 //! the epoch.) A refused id is never delivered; segment
@@ -96,7 +97,8 @@ fn world(w: &WorldRef) -> std::sync::MutexGuard<'_, World> {
 struct Epoch {
     /// The incarnation that began it.
     began: u64,
-    /// The cursor recovery read when it began.
+    /// The cursor recovery read when it began, raised by every graceful shutdown
+    /// since to the cursor it made durable.
     floor: u64,
 }
 
@@ -644,6 +646,10 @@ impl Case {
     async fn graceful_restart(&mut self) {
         self.disk.flaky_reads(0);
         let res = self.stop_running().await;
+        let persisted = match &res {
+            Some(Ok(report)) => Some(report.acked_seq),
+            _ => None,
+        };
         match res {
             Some(Ok(report)) => {
                 if report.left_on_disk > 0 {
@@ -672,6 +678,12 @@ impl Case {
             None
         };
         self.open(floor).await;
+        // Nor anything at or below the cursor the shutdown made durable.
+        if let (None, Some(acked)) = (floor, persisted)
+            && let Some(epoch) = self.epoch_of.get_mut(&self.incarnation)
+        {
+            epoch.floor = epoch.floor.max(acked);
+        }
     }
 
     /// The cursor recovery will trust, from the image the next open sees: the cursor
