@@ -32,6 +32,16 @@ impl SinkDrain<u64> for Closing {
     }
 }
 
+/// Says so at every call, then never returns.
+struct Hangs(tokio::sync::mpsc::UnboundedSender<()>);
+
+impl SinkDrain<u64> for Hangs {
+    async fn write_batch(&mut self, _b: Batch<u64>) -> Result<(), DrainError> {
+        let _ = self.0.send(());
+        std::future::pending().await
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancellation_delivers_everything_accepted_then_closes_the_drain()
 -> Result<(), Box<dyn std::error::Error>> {
@@ -125,13 +135,6 @@ async fn dropping_every_handle_while_the_drain_hangs_still_ends_within_the_timeo
     let mut cfg = small_config(tmp.path());
     cfg.shutdown_timeout = Duration::from_millis(50);
     let (entered_tx, mut entered) = tokio::sync::mpsc::unbounded_channel();
-    struct Hangs(tokio::sync::mpsc::UnboundedSender<()>);
-    impl SinkDrain<u64> for Hangs {
-        async fn write_batch(&mut self, _b: Batch<u64>) -> Result<(), DrainError> {
-            let _ = self.0.send(());
-            std::future::pending().await
-        }
-    }
     let (sink, handle) =
         DurableSink::<u64>::open(cfg, Hangs(entered_tx), CancellationToken::new()).await?;
     for i in 0..10u64 {
@@ -193,13 +196,6 @@ async fn the_deadline_inside_a_bisected_batch_keeps_the_acknowledged_half()
 
     // First run: eight records on disk, nothing acknowledged.
     let (entered_tx, mut entered) = tokio::sync::mpsc::unbounded_channel();
-    struct Hangs(tokio::sync::mpsc::UnboundedSender<()>);
-    impl SinkDrain<u64> for Hangs {
-        async fn write_batch(&mut self, _b: Batch<u64>) -> Result<(), DrainError> {
-            let _ = self.0.send(());
-            std::future::pending().await
-        }
-    }
     let shutdown = CancellationToken::new();
     let (sink, handle) =
         DurableSink::<u64>::open(cfg.clone(), Hangs(entered_tx), shutdown.clone()).await?;
