@@ -53,8 +53,8 @@
 //! point; its records stay on disk). The cursor first moves past whatever the
 //! interrupted batch had settled: the halves of a split batch the drain acknowledged
 //! and the dead letters stored, in seq order up to the first record still open, so
-//! that a graceful restart delivers none of them again. Then it makes the cursor durable, calls
-//! `drain.close()`, and answers unfinished `flush` calls with `Closed`.
+//! that a graceful restart delivers none of them again. Then it makes the cursor
+//! durable, calls `drain.close()`, and answers unfinished `flush` calls with `Closed`.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
