@@ -9,30 +9,12 @@
 //! wake-ups: the writer's `data_ready` notification (a permit is stored if it fires while
 //! the task is busy, so no wake-up is lost), the batch deadline, and control messages.
 //!
-//! # Failures
+//! # Where the rest lives
 //!
-//! - `retryable`: the same records, decoded again from the frames read from the WAL,
-//!   are delivered again after a full-jitter backoff. Forever: a batch is never skipped
-//!   because a backend was down for long. Each retry is counted.
-//! - `permanent`: the batch is split in halves, each delivered in order, until the
-//!   rejected records are single; those are logged with their seq, counted in
-//!   `rejected_total` and become dead letters. Depth is at most `log2(batch_size) + 1`.
-//! - A record that passed its CRC but does not decode is logged, counted as corrupt and
-//!   becomes a dead letter (no drain could accept it).
-//!
-//! # Dead letters
-//!
-//! With `DeadLetterPolicy::Keep`, a dead letter is stored (and fsynced) in the
-//! dead-letter store *before* the cursor may pass its record: the cursor advances only
-//! after `deliver_frames` returns, and that waits for the store. If storing fails, the
-//! task retries after backoff and the cursor waits (every `flush` waiting meanwhile is
-//! answered with the store's error rather than left hanging on a disk that may not
-//! recover, except for a full disk, which holds flushes until space is freed, as it
-//! holds the writer); at the shutdown deadline it gives up with the cursor still below the
-//! record, which is delivered again next run. The
-//! store keeps one entry per original seq, so that replay stores nothing twice. A full
-//! store refuses (logged with the seq, counted) and the record is skipped: delivery
-//! never stalls on the store's cap. With `Discard`, the record is logged and skipped.
+//! - [`deliver`]: one read batch to the drain: decoding, retry, bisection around
+//!   rejected records, the settled prefix an interrupted batch keeps.
+//! - [`dead_letters`]: storing a dead letter before the cursor may pass its record.
+//! - [`backoff`]: the waits between attempts, and what `flush` callers get meanwhile.
 //!
 //! # File I/O
 //!
@@ -56,9 +38,16 @@
 //! that a graceful restart delivers none of them again. Then it makes the cursor
 //! durable, calls `drain.close()`, and answers unfinished `flush` calls with `Closed`.
 
+mod backoff;
+mod dead_letters;
+mod deliver;
+
+pub(crate) use backoff::SplitMix64;
+use dead_letters::DeadLetters;
+
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
@@ -68,10 +57,8 @@ use crate::deadline::sleep_until_opt;
 
 use crate::codec::Codec;
 use crate::config::RetryPolicy;
-use crate::dead_letter::{
-    Appended, DeadLetterPolicy, DeadLetterReason, DeadLetterStore, EntryMeta,
-};
-use crate::drain::{Batch, DrainError, SinkDrain};
+use crate::dead_letter::{DeadLetterPolicy, DeadLetterStore};
+use crate::drain::SinkDrain;
 use crate::error::SinkError;
 use crate::handle::ShutdownReport;
 use crate::shared::Shared;
@@ -114,48 +101,6 @@ struct Wal {
 
 /// The delivery stopped because shutdown's deadline passed.
 struct Interrupted;
-
-/// The sink's dead-letter store; releases the directory lock it holds when the task
-/// ends, however it ends (panic included).
-struct DeadLetters {
-    store: DeadLetterStore,
-    policy: DeadLetterPolicy,
-    /// A dead letter was stored since the cursor was last made durable: the next
-    /// cursor advance fsyncs, so that purging it cannot be undone by a replay.
-    stored: bool,
-}
-
-impl Drop for DeadLetters {
-    fn drop(&mut self) {
-        self.store.release();
-    }
-}
-
-/// A range of a batch still to deliver, with what its records went through already.
-#[derive(Debug, Clone, Copy)]
-struct Pending {
-    lo: usize,
-    hi: usize,
-    /// `write_batch` calls that included these records so far.
-    calls: u32,
-    /// When the first of those failed.
-    first_failed_at: Option<SystemTime>,
-}
-
-/// `e` and its sources, `a: b: c` (a source already in the text is not repeated).
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut next = e.source();
-    while let Some(s) = next {
-        let t = s.to_string();
-        if !out.ends_with(&t) {
-            out.push_str(": ");
-            out.push_str(&t);
-        }
-        next = s.source();
-    }
-    out
-}
 
 pub(crate) struct Actor<T, D> {
     drain: D,
@@ -470,331 +415,6 @@ impl<T: Send + 'static, D: SinkDrain<T>> Actor<T, D> {
         self.answer_flushes();
     }
 
-    /// Decodes frames `idx` into a batch.
-    fn build(&self, frames: &FrameBatch, idx: &[usize]) -> Batch<T> {
-        let mut seqs = Vec::with_capacity(idx.len());
-        let mut items = Vec::with_capacity(idx.len());
-        for &i in idx {
-            // Decoded successfully once already (see `deliver_frames`); the codec is
-            // deterministic, so a failure here is skipped the same way.
-            if let Ok(v) = self.codec.decode(frames.payload(i)) {
-                seqs.push(frames.seqs().get(i).copied().unwrap_or(0));
-                items.push(v);
-            }
-        }
-        Batch::new(seqs, items)
-    }
-
-    /// Delivers frames with retry and bisection (see the module doc).
-    ///
-    /// `settled` counts the leading frames that are done with: acknowledged by the drain
-    /// or stored as dead letters. It is all of them on `Ok`; on `Interrupted` it is the
-    /// prefix the cursor may still pass.
-    async fn deliver_frames(
-        &mut self,
-        frames: &FrameBatch,
-        settled: &mut usize,
-    ) -> Result<(), Interrupted> {
-        let mut good = Vec::with_capacity(frames.len());
-        let mut first_seqs = Vec::with_capacity(frames.len());
-        let mut first_items = Vec::with_capacity(frames.len());
-        for (i, &seq) in frames.seqs().iter().enumerate() {
-            match self.codec.decode(frames.payload(i)) {
-                Ok(v) => {
-                    good.push(i);
-                    first_seqs.push(seq);
-                    first_items.push(v);
-                }
-                Err(e) => {
-                    tracing::error!(seq, error = %e, "WAL record does not decode with this codec");
-                    self.shared.counters().corrupt_records.add(1);
-                    let payload = frames.payload(i).to_vec();
-                    let meta = self.entry_meta(
-                        DeadLetterReason::Undecodable,
-                        seq,
-                        error_chain(&e),
-                        0,
-                        None,
-                    );
-                    self.dead_letter(meta, payload).await?;
-                    if good.is_empty() {
-                        // Every frame so far was undecodable and is stored.
-                        *settled = i + 1;
-                    }
-                }
-            }
-        }
-        // Undecodable frames are all stored now: the prefix ends at the first frame
-        // still to deliver.
-        *settled = good.first().copied().unwrap_or(frames.len());
-        // The first attempt delivers what was just decoded; retries and halves decode
-        // again from the frames (records are not `Clone`).
-        let mut first = Some(Batch::new(first_seqs, first_items));
-        // Ranges of `good` still to deliver, in order (last pushed = next).
-        let mut todo = vec![Pending {
-            lo: 0,
-            hi: good.len(),
-            calls: 0,
-            first_failed_at: None,
-        }];
-        // Ranges are taken in order (the lower half of a split is pushed last), so
-        // when one settles, so has every good frame below its end: the settled prefix
-        // then reaches the next good frame (undecodable ones are stored already).
-        let settled_through = |hi: usize| good.get(hi).copied().unwrap_or(frames.len());
-        while let Some(range) = todo.pop() {
-            let Pending { lo, hi, .. } = range;
-            let idx = good.get(lo..hi).unwrap_or_default();
-            if idx.is_empty() {
-                continue;
-            }
-            let mut attempt: u32 = 0;
-            let mut calls = range.calls;
-            let mut first_failed_at = range.first_failed_at;
-            loop {
-                let batch = match first.take() {
-                    Some(b) => b,
-                    None => self.build(frames, idx),
-                };
-                let replayed = batch
-                    .seqs()
-                    .iter()
-                    .filter(|&&s| s <= self.replay_through)
-                    .count() as u64;
-                self.shared.counters().writes.add(1);
-                calls = calls.saturating_add(1);
-                let res = self.call_drain(batch).await?;
-                if res.is_err() {
-                    first_failed_at.get_or_insert_with(SystemTime::now);
-                }
-                match res {
-                    Ok(()) => {
-                        if replayed > 0 {
-                            self.shared.counters().replayed.add(replayed);
-                        }
-                        *settled = settled_through(hi);
-                        break;
-                    }
-                    Err(e) if e.is_retryable() => {
-                        self.shared.counters().write_errors.add(1);
-                        attempt = attempt.saturating_add(1);
-                        let delay = self.jittered(attempt);
-                        tracing::warn!(error = %e, attempt, ?delay, records = idx.len(), "drain failed (retryable); delivering again after backoff");
-                        self.backoff(delay).await?;
-                        self.shared.counters().retries.add(1);
-                    }
-                    Err(e) => {
-                        self.shared.counters().write_errors.add(1);
-                        if let [i] = *idx {
-                            let seq = frames.seqs().get(i).copied().unwrap_or(0);
-                            tracing::error!(seq, error = %e, "drain rejected record permanently");
-                            self.shared.counters().rejected.add(1);
-                            let payload = frames.payload(i).to_vec();
-                            let meta = self.entry_meta(
-                                DeadLetterReason::Rejected,
-                                seq,
-                                error_chain(&e),
-                                calls,
-                                first_failed_at,
-                            );
-                            self.dead_letter(meta, payload).await?;
-                            *settled = settled_through(hi);
-                        } else {
-                            let mid = lo + (hi - lo) / 2;
-                            let half = |lo, hi| Pending {
-                                lo,
-                                hi,
-                                calls,
-                                first_failed_at,
-                            };
-                            todo.push(half(mid, hi));
-                            todo.push(half(lo, mid));
-                        }
-                        break;
-                    }
-                }
-            }
-        }
-        debug_assert_eq!(*settled, frames.len(), "every frame settled");
-        Ok(())
-    }
-
-    /// One `write_batch`, watching for shutdown and its deadline.
-    async fn call_drain(&mut self, batch: Batch<T>) -> Result<Result<(), DrainError>, Interrupted> {
-        let fut = self.drain.write_batch(batch);
-        tokio::pin!(fut);
-        loop {
-            tokio::select! {
-                biased;
-                res = &mut fut => return Ok(res),
-                () = self.shutdown.cancelled(), if self.stop_at.is_none() => {
-                    if self.stop_at.is_none() {
-                        self.stop_at = Some(Instant::now() + self.shutdown_timeout);
-                    }
-                }
-                // Every sink handle dropped (or the writer failed) while the drain
-                // hangs: shutdown begins here too, or `join` would wait forever.
-                // (Fields, not `writer_ended`: `fut` borrows the drain.)
-                res = &mut self.writer_exit, if self.writer_result.is_none() => {
-                    self.writer_result = Some(res.unwrap_or_else(|_| {
-                        WriterExit::Panicked("the writer thread ended without a result".into())
-                    }));
-                    if self.stop_at.is_none() {
-                        self.stop_at = Some(Instant::now() + self.shutdown_timeout);
-                    }
-                }
-                () = sleep_until_opt(self.stop_at) => return Err(Interrupted),
-            }
-        }
-    }
-
-    /// Waits `delay` (or until the shutdown deadline: `Interrupted`). With `failure`,
-    /// delivery cannot move: every flush waiting now or arriving meanwhile is answered
-    /// with it instead of waiting for a store that may not recover (a disk whose fsyncs
-    /// fail).
-    async fn backoff_failing_flushes(
-        &mut self,
-        delay: Duration,
-        failure: Option<&SinkError>,
-    ) -> Result<(), Interrupted> {
-        if let Some(failure) = failure {
-            // Flushes already satisfied get their `Ok` first.
-            self.answer_flushes();
-            for w in std::mem::take(&mut self.waiting) {
-                let _ = w.done.send(Err(failure.clone()));
-            }
-        }
-        let wake = Instant::now() + delay;
-        loop {
-            tokio::select! {
-                biased;
-                () = self.shutdown.cancelled(), if self.stop_at.is_none() => self.begin_stop(),
-                res = &mut self.writer_exit, if self.writer_result.is_none() => {
-                    self.writer_ended(res);
-                }
-                () = sleep_until_opt(self.stop_at) => return Err(Interrupted),
-                req = self.flushes.recv(), if failure.is_some() && self.flushes_open => match (req, failure) {
-                    (Some(req), Some(failure)) => {
-                        let _ = req.done.send(Err(failure.clone()));
-                    }
-                    (Some(req), None) => self.waiting.push(req),
-                    (None, _) => self.flushes_open = false,
-                },
-                () = tokio::time::sleep_until(wake) => return Ok(()),
-            }
-        }
-    }
-
-    async fn backoff(&mut self, delay: Duration) -> Result<(), Interrupted> {
-        self.backoff_failing_flushes(delay, None).await
-    }
-
-    fn entry_meta(
-        &self,
-        reason: DeadLetterReason,
-        seq: u64,
-        error: String,
-        attempts: u32,
-        first_failed_at: Option<SystemTime>,
-    ) -> EntryMeta {
-        let now = SystemTime::now();
-        EntryMeta {
-            reason,
-            attempts,
-            seq,
-            first_failed_at: first_failed_at.unwrap_or(now),
-            dead_lettered_at: now,
-            error,
-        }
-    }
-
-    /// Keeps a dead letter (see "Dead letters" in the module doc): returns once it is
-    /// durable in the store, refused by a full store, or discarded by policy. Retries
-    /// a failing store after backoff; `Interrupted` at the shutdown deadline, with the
-    /// cursor still below the record.
-    async fn dead_letter(&mut self, meta: EntryMeta, payload: Vec<u8>) -> Result<(), Interrupted> {
-        let seq = meta.seq;
-        if self.dead_letters.policy == DeadLetterPolicy::Discard {
-            tracing::error!(seq, reason = %meta.reason, "record discarded (dead-letter policy Discard)");
-            return Ok(());
-        }
-        let entry = Arc::new((meta, payload));
-        let mut attempt: u32 = 0;
-        loop {
-            let store = self.dead_letters.store.clone();
-            let e = Arc::clone(&entry);
-            match tokio::task::spawn_blocking(move || store.append(&e.0, &e.1)).await {
-                Ok(Ok(Appended::Stored)) => {
-                    crate::crashpoint::hit("dead_letter.after_store");
-                    self.dead_letters.stored = true;
-                    tracing::warn!(seq, reason = %entry.0.reason, "record kept as a dead letter");
-                    self.shared.counters().dead_lettered.add(1);
-                    self.shared
-                        .metrics
-                        .dead_letter_bytes
-                        .set(self.dead_letters.store.bytes() as f64);
-                    return Ok(());
-                }
-                Ok(Ok(Appended::AlreadyStored)) => {
-                    // A replay after a crash between storing it and the durable cursor.
-                    tracing::info!(
-                        seq,
-                        "dead letter already stored (a delivery repeated after a crash)"
-                    );
-                    self.dead_letters.stored = true;
-                    return Ok(());
-                }
-                Ok(Ok(Appended::Full)) => {
-                    tracing::error!(seq, reason = %entry.0.reason, "dead-letter store full (max_dead_letter_bytes); record skipped");
-                    self.shared.counters().dead_letters_refused.add(1);
-                    return Ok(());
-                }
-                Ok(Ok(Appended::TooLarge)) => {
-                    tracing::error!(seq, reason = %entry.0.reason, bytes = entry.1.len(), "dead letter larger than a frame may be; record skipped");
-                    self.shared.counters().dead_letters_refused.add(1);
-                    return Ok(());
-                }
-                Ok(Err(e)) => {
-                    tracing::error!(seq, error = %e, "storing a dead letter failed; retrying after backoff (the cursor waits)");
-                    let failure = SinkError::Io(Arc::new(std::io::Error::new(
-                        e.kind(),
-                        format!(
-                            "storing the dead letter of seq {seq} failed (retried; the record stays in the WAL): {e}"
-                        ),
-                    )));
-                    attempt = attempt.saturating_add(1);
-                    let delay = self.jittered(attempt);
-                    if matches!(
-                        e.kind(),
-                        std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
-                    ) {
-                        // A full disk holds delivery until space is freed, as it holds
-                        // the writer: flushes wait for it.
-                        self.backoff(delay).await?;
-                    } else {
-                        self.backoff_failing_flushes(delay, Some(&failure)).await?;
-                    }
-                }
-                Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
-                Err(_) => return Err(Interrupted),
-            }
-        }
-    }
-
-    async fn pause(&mut self, attempt: u32) {
-        let delay = self.retry.delay_cap(attempt);
-        let _ = self.backoff(delay).await;
-    }
-
-    fn jittered(&mut self, attempt: u32) -> Duration {
-        let cap = self.retry.delay_cap(attempt);
-        let nanos = u64::try_from(cap.as_nanos()).unwrap_or(u64::MAX);
-        Duration::from_nanos(if nanos == 0 {
-            0
-        } else {
-            self.rng.next() % (nanos + 1)
-        })
-    }
-
     async fn finish(mut self) -> Result<ShutdownReport, SinkError> {
         // Make the cursor durable, so a restart does not replay what was acknowledged.
         if let Some(Err(e)) = self.on_wal(|wal| wal.cursor.persist()).await {
@@ -847,24 +467,5 @@ impl<T: Send + 'static, D: SinkDrain<T>> Actor<T, D> {
                 "the WAL writer thread panicked: {msg}"
             ))),
         }
-    }
-}
-
-/// A small PRNG for backoff jitter (SplitMix64): no dependency, no lock, good enough to
-/// spread retries; not for anything secret.
-#[derive(Debug)]
-pub(crate) struct SplitMix64(pub(crate) u64);
-
-impl SplitMix64 {
-    pub(crate) fn from_entropy() -> Self {
-        use std::hash::{BuildHasher, RandomState};
-        Self(RandomState::new().hash_one(std::time::SystemTime::now()))
-    }
-    pub(crate) fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
     }
 }

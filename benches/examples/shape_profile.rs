@@ -1,5 +1,5 @@
 //! One shape of the peers bench for one subject, for `perf` and `strace`:
-//! `cargo run --release --example shape_profile -- <push_all|batch64|e2e> <walsink|walsink-batch|okaywal|yaque|raw|zeroed|handoff|handoff-consumer|none> [records]`.
+//! `cargo run --release --example shape_profile -- <push_all|batch64|e2e> <walsink|walsink-batch|okaywal|yaque|raw|pipeline|zeroed|handoff|handoff-consumer|none> [records]`.
 
 #[path = "../benches/peer_shapes.rs"]
 #[allow(dead_code)]
@@ -48,6 +48,7 @@ fn main() {
             (w == "walsink-batch").then_some(1024),
         ),
         (_, "yaque") => peer_shapes::yaque_push_all(&rt, recs),
+        (s, "pipeline") => peer_shapes::raw_pipeline(recs, (s == "e2e").then_some(every)),
         // Only builds and drops the records: what every subject's run includes
         // besides the subject (for `valgrind --tool=callgrind` counts).
         (_, "none") => {
