@@ -46,6 +46,9 @@ pub(crate) struct Register {
     durable_slot: usize,
     /// A value was written to the scratch slot since the last sync.
     dirty: bool,
+    /// The last fsync failed and no write came since: the scratch slot's pages may be
+    /// clean in the page cache without being on disk, so the next sync rewrites them.
+    sync_failed: bool,
 }
 
 /// What was found when opening a register file.
@@ -150,6 +153,7 @@ impl Register {
             durable_value: slot.value,
             durable_slot: slot_index,
             dirty: false,
+            sync_failed: false,
         }))
     }
 
@@ -189,6 +193,7 @@ impl Register {
             durable_value: value,
             durable_slot: 0,
             dirty: false,
+            sync_failed: false,
         })
     }
 
@@ -248,6 +253,8 @@ impl Register {
         self.generation = generation;
         self.value = value;
         self.dirty = true;
+        // The whole slot was just written again: its pages are dirty.
+        self.sync_failed = false;
         Ok(())
     }
 
@@ -256,9 +263,27 @@ impl Register {
         if !self.dirty {
             return Ok(());
         }
+        if self.sync_failed {
+            // After a failed fsync the kernel may have marked the scratch slot's pages
+            // clean without writing them: a second fsync would then "succeed" with
+            // nothing on disk, and this slot be taken for durable while the next write
+            // goes to the other one, the last value truly durable. Rewriting the same
+            // bytes makes them dirty again, so the fsync below really persists them.
+            let slot = RegisterSlot {
+                kind: self.kind,
+                generation: self.generation,
+                value: self.value,
+            };
+            self.file
+                .write_all_at(&slot.encode(), REGISTER_SLOT_OFFSETS[1 - self.durable_slot])?;
+        }
         // fsync: until it returns, a power loss may revert the scratch slot, and the
         // durable slot (untouched) still holds the previous durable value.
-        self.file.sync()?;
+        if let Err(e) = self.file.sync() {
+            self.sync_failed = true;
+            return Err(e);
+        }
+        self.sync_failed = false;
         self.durable_slot = 1 - self.durable_slot;
         self.durable_value = self.value;
         self.dirty = false;

@@ -111,6 +111,50 @@ fn a_slot_dropped_by_a_failed_fsync_is_made_durable_before_trusting_it() -> io::
     Ok(())
 }
 
+/// Regression (cold review): a sync retried after a failed one, with no write in
+/// between (the delivery's stall path, shutdown's persist), fsynced nothing and took
+/// the scratch slot for durable; the next write then went to the other slot, the
+/// last value truly durable, and a power loss brought back the value of two syncs ago.
+#[test]
+fn a_sync_retried_after_a_failed_one_rewrites_before_it_trusts() -> io::Result<()> {
+    use crate::testing::sim::{Crash, SimDisk};
+    for seed in 0..64 {
+        let disk = SimDisk::new(seed);
+        let dir = Path::new("/w");
+        disk.storage().create_dir(dir)?;
+        disk.storage().sync_dir(Path::new("/"))?;
+        let path = dir.join("CURSOR");
+        let mut r = Register::create(
+            disk.storage().as_ref(),
+            dir,
+            "CURSOR",
+            RegisterKind::Cursor,
+            5,
+        )?;
+        r.write_durable(6)?; // durable: 6
+        r.write(7)?;
+        disk.fail_sync_after(Some(1));
+        assert!(r.sync().is_err()); // 7's slot: clean in the cache, not on disk
+        disk.fail_sync_after(None);
+        r.sync()?; // no write in between
+        assert_eq!(r.durable_value(), 7);
+        r.write(8)?; // the other slot: the one that held 6
+        disk.crash(Crash::PowerLoss {
+            tear: true,
+            flip: false,
+        });
+        match Register::open(disk.storage().as_ref(), &path, RegisterKind::Cursor)? {
+            RegisterOpen::Loaded(r) => assert!(
+                r.value() >= 7,
+                "seed {seed}: below the durable value 7: {}",
+                r.value()
+            ),
+            other => panic!("seed {seed}: register unreadable after power loss: {other:?}"),
+        }
+    }
+    Ok(())
+}
+
 /// Regression: a CRC-valid slot with a generation near `u64::MAX` won every
 /// comparison, and the next write overflowed the generation (a panic in debug, a
 /// wrap to 0 in release, after which the stale slot won again). Such a generation
