@@ -111,6 +111,8 @@ pub struct SinkConfig {
     /// Disk budget for segments (plus at most one segment). Default 1 GiB.
     pub max_disk_bytes: u64,
     /// Largest encoded record accepted; larger ones get `TooLarge`. Default 16 MiB.
+    /// Lowering it later applies to new records only: records already in the WAL are
+    /// still read and delivered.
     pub max_record_bytes: usize,
     /// Backoff for retryable drain errors. Default 100 ms → 30 s, ×2, full jitter.
     pub retry: RetryPolicy,

@@ -20,7 +20,6 @@ use super::{DeadLetterError, Selection, StoreFiles, StoreInner, WalAppend, block
 use crate::error::{OpenError, SinkError};
 use crate::inbox;
 use crate::metrics::Metrics;
-use crate::wal::format::FRAME_PAYLOAD_LIMIT_BYTES;
 use crate::wal::writer::{SyncPolicy, WriterMsg, spawn_writer};
 use crate::wal::{Wal, WalConfig};
 
@@ -190,9 +189,6 @@ pub(super) async fn offline(
             dir: dir.clone(),
             codec_id,
             segment_bytes: OFFLINE_SEGMENT_BYTES,
-            // Any frame the format allows: a smaller limit would take the user's
-            // larger records for damage.
-            max_record_bytes: FRAME_PAYLOAD_LIMIT_BYTES,
             max_disk_bytes: u64::MAX,
             sync_policy: SyncPolicy::OnRequest,
             // A short-lived writer of a few records: no thread for it.

@@ -35,7 +35,6 @@ impl<T: Send + 'static> DurableSink<T> {
             dir: config.dir.clone(),
             codec_id: codec.id(),
             segment_bytes: config.segment_bytes,
-            max_record_bytes: config.max_record_bytes,
             max_disk_bytes: config.max_disk_bytes,
             sync_policy: match config.durability {
                 Durability::Always => SyncPolicy::EveryRound,

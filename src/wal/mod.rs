@@ -25,8 +25,11 @@
 //!
 //! # Limits
 //!
-//! - a frame's payload: `max_record_bytes` (at most 1 GiB, the format limit); a larger
-//!   length read from disk is corruption, never an allocation;
+//! - a frame's payload: `max_record_bytes` for new records (at most 1 GiB, the format
+//!   limit). Reading judges lengths by the format limit alone, so lowering
+//!   `max_record_bytes` never turns records already written into damage; a length
+//!   above the format limit is corruption, and one below it is read only as far as the
+//!   file extends, never an allocation beyond it;
 //! - a segment: `segment_bytes`, except a segment holding a single larger record;
 //! - disk: `max_disk_bytes` counts segment bytes plus frames reserved by queued records;
 //! - memory: the queue (`queue_capacity` records, and as many again in the writer's

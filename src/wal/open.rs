@@ -13,6 +13,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
 use super::cursor::Cursor;
+use super::format::FRAME_PAYLOAD_LIMIT_BYTES;
 use super::reader::WalReader;
 use super::recovery::{RecoveryLimits, RecoveryReport, recover};
 use super::storage::{LockGuard, Storage};
@@ -30,8 +31,6 @@ pub(crate) struct WalConfig {
     pub(crate) codec_id: u32,
     /// Roll threshold.
     pub(crate) segment_bytes: u64,
-    /// Largest payload; a longer length read from disk is corruption.
-    pub(crate) max_record_bytes: usize,
     /// Disk budget for segments.
     pub(crate) max_disk_bytes: u64,
     /// When the writer fsyncs on its own.
@@ -68,7 +67,10 @@ impl Wal {
         let limits = RecoveryLimits {
             codec_id: cfg.codec_id,
             segment_bytes: cfg.segment_bytes,
-            max_record_bytes: cfg.max_record_bytes,
+            // Whatever the format allows, not the configured `max_record_bytes`: that
+            // limit is on new records, and a directory keeps the records written under
+            // a larger one (taken for damage, they were truncated or skipped).
+            max_record_bytes: FRAME_PAYLOAD_LIMIT_BYTES,
             preallocate: true,
         };
         let rec = recover(&storage, &cfg.dir, limits)?;
@@ -98,7 +100,7 @@ impl Wal {
             Arc::clone(&storage),
             cfg.dir.clone(),
             Arc::clone(&segments),
-            cfg.max_record_bytes,
+            FRAME_PAYLOAD_LIMIT_BYTES,
             acked.saturating_add(1),
         );
         let cursor = Cursor::new(

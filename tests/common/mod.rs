@@ -123,8 +123,8 @@ impl SinkDrain<u64> for Gated {
 /// Never acknowledges: `write_batch` waits forever (shutdown abandons it).
 pub struct Stuck;
 
-impl SinkDrain<u64> for Stuck {
-    async fn write_batch(&mut self, _batch: Batch<u64>) -> Result<(), DrainError> {
+impl<T: Send + 'static> SinkDrain<T> for Stuck {
+    async fn write_batch(&mut self, _batch: Batch<T>) -> Result<(), DrainError> {
         std::future::pending().await
     }
 }

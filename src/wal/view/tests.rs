@@ -9,7 +9,6 @@ fn config(dir: &Path) -> WalConfig {
         dir: dir.to_path_buf(),
         codec_id: 1,
         segment_bytes: 4096,
-        max_record_bytes: 64,
         max_disk_bytes: 1 << 20,
         sync_policy: SyncPolicy::OnRequest,
         prefill: false,
