@@ -15,8 +15,10 @@
 //! - An append is durable before `append` returns: the frame is written and the file
 //!   fsynced; a new file is created, synced and its directory synced first
 //!   (`create_segment`). Only the last file is appended to, and only while its header
-//!   names the sink's codec. A writable open fsyncs the last file and the directories
-//!   before trusting what a crashed process may have left in the page cache.
+//!   names the sink's codec. A writable open rewrites the last file in place and
+//!   fsyncs it, then the directories, before trusting what a crashed process (or an
+//!   append whose fsync failed) left in the page cache; after a failed fsync the next
+//!   append does the same, and rescans, before it answers from the index.
 //! - The store's files never pass `max_bytes` by an append: one that would is refused.
 //! - A purge removes only entries whose record the *durable* WAL cursor has passed
 //!   (others could be replayed and stored again after a crash). It rewrites each
@@ -46,6 +48,8 @@ use crate::wal::storage::{Storage, StorageFile, read_full_at};
 
 /// A file is rolled once it passes this many bytes.
 const FILE_ROLL_BYTES: u64 = 16 << 20;
+/// Bytes read and written back per step when the last file is rewritten in place.
+const REWRITE_CHUNK_BYTES: u64 = 1 << 20;
 /// Suffix of a purge's rewrite before it is renamed into place.
 const PURGE_SUFFIX: &str = ".purge";
 /// Most quarantined copies of one file name kept before a purge that needs another
@@ -115,6 +119,10 @@ pub(crate) struct StoreFiles {
     /// append could take the name of a file it does not list, or store a seq twice)
     /// until a scan succeeds.
     stale: bool,
+    /// An append's fsync failed: the last file may hold bytes the kernel marked clean
+    /// without writing them, which a rescan would index and a plain fsync would not
+    /// persist. The next append rewrites that file in place and rescans first.
+    unsynced: bool,
 }
 
 impl StoreFiles {
@@ -142,9 +150,11 @@ impl StoreFiles {
             damaged: 0,
             active: None,
             stale: false,
+            unsynced: false,
         };
         if writable {
             store.prepare_dir(wal_dir)?;
+            store.rewrite_last_file()?;
         }
         store.scan()?;
         if writable {
@@ -173,17 +183,50 @@ impl StoreFiles {
         Ok(())
     }
 
-    /// Fsyncs the last file and the directory (writable opens): a crashed process may
-    /// have left an append or a create in the page cache only, and the index now trusts
-    /// it (a replay would find its seq held and store nothing).
+    /// Fsyncs the directory (writable opens): a crashed process may have left a create
+    /// in the page cache only, and the index now trusts it. (The last file's contents
+    /// were made durable before the scan, by [`rewrite_last_file`](Self::rewrite_last_file).)
     fn make_durable(&mut self) -> io::Result<()> {
-        if let Some((&first, _)) = self.files.last_key_value() {
-            self.storage
-                .open(&segment_path(&self.dir, first), true)?
-                .sync()?;
-        }
         // Covers creates, the cut of a torn file and leftover deletes of an earlier run.
         self.storage.sync_dir(&self.dir)
+    }
+
+    /// Writes the last file's bytes back in place, then fsyncs it. Appends go only to
+    /// the last file, so any byte of the store not yet durable is there: written by a
+    /// process that crashed before its fsync, or by an append whose fsync failed. After
+    /// a failed fsync the kernel may mark those pages clean without having written
+    /// them, so a plain fsync would persist nothing while reads still show the entry;
+    /// rewriting makes them dirty again. Done before a scan, so the index is built from
+    /// bytes that are durable. Costs one read and one write of that file (at most
+    /// `FILE_ROLL_BYTES` plus one entry), at a writable open and after a failed append.
+    fn rewrite_last_file(&mut self) -> io::Result<()> {
+        let last = self
+            .storage
+            .list(&self.dir)?
+            .into_iter()
+            .filter(|e| e.is_file)
+            .filter_map(|e| parse_segment_file_name(&e.name))
+            .max();
+        let Some(first) = last else {
+            return Ok(());
+        };
+        self.active = None;
+        let file = self.storage.open(&segment_path(&self.dir, first), true)?;
+        let len = file.len()?;
+        let mut buf = vec![0u8; usize::try_from(len.min(REWRITE_CHUNK_BYTES)).unwrap_or(0)];
+        let mut at = 0u64;
+        while at < len {
+            let want = usize::try_from((len - at).min(REWRITE_CHUNK_BYTES)).unwrap_or(0);
+            let n = read_full_at(file.as_ref(), buf.get_mut(..want).unwrap_or_default(), at)?;
+            if n == 0 {
+                break;
+            }
+            file.write_all_at(buf.get(..n).unwrap_or_default(), at)?;
+            at += n as u64;
+        }
+        // fsync: the bytes rewritten above are dirty, so this persists them; a power
+        // loss must not drop an entry the index is about to trust.
+        file.sync()
     }
 
     /// Rebuilds the file list and index from disk.
@@ -416,6 +459,13 @@ impl StoreFiles {
         if !self.writable {
             return Err(io::Error::other("the dead-letter store is open read-only"));
         }
+        if self.unsynced {
+            // Before trusting the index (a rescan since the failure may have indexed
+            // the very entry whose fsync failed): make the last file durable, rescan.
+            self.rewrite_last_file()?;
+            self.unsynced = false;
+            self.scan()?;
+        }
         if self.index.contains_key(&meta.seq) {
             return Ok(Appended::AlreadyStored);
         }
@@ -451,7 +501,10 @@ impl StoreFiles {
         file.write_all_at(&frame, info.len)?;
         // Sync before answering: the caller advances the WAL cursor past this record
         // next, and a power loss must not lose the only copy.
-        file.sync()?;
+        if let Err(e) = file.sync() {
+            self.unsynced = true;
+            return Err(e);
+        }
         self.index.insert(
             meta.seq,
             Loc {

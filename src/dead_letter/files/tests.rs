@@ -400,3 +400,45 @@ fn each_damaged_file_a_purge_replaces_is_copied_whole_under_its_own_name() {
     }
     assert!(disk.names_in(&dir).iter().all(|n| !n.ends_with(".purge")));
 }
+
+/// Regression (cold review): an append whose fsync failed left its frame readable but
+/// clean in the page cache. A later open (or a rescan in the same process) indexed it,
+/// the retried append answered `AlreadyStored` without writing, the WAL cursor passed
+/// the record, and a power loss lost both copies. Both paths must make the entry
+/// durable before trusting it.
+#[test]
+fn an_entry_whose_fsync_failed_is_made_durable_before_it_is_trusted() {
+    for reopen in [true, false] {
+        let disk = disk();
+        let mut store = open(&disk, true);
+        store.append(&meta(1), &payload(1)).expect("append 1");
+        disk.fail_sync_after(Some(1));
+        assert!(
+            store.append(&meta(2), &payload(2)).is_err(),
+            "reopen {reopen}"
+        );
+        disk.fail_sync_after(None);
+        if reopen {
+            // The process gives up (shutdown) and a new one opens the store: the frame
+            // is still in the page cache.
+            drop(store);
+            disk.crash(Crash::Process);
+            store = open(&disk, true);
+        } else {
+            // A purge's rescan in the same process indexes the frame.
+            store.scan().expect("rescan");
+        }
+        // The delivery retries the dead letter of seq 2.
+        let got = store.append(&meta(2), &payload(2)).expect("retry");
+        assert!(
+            matches!(got, Appended::Stored | Appended::AlreadyStored),
+            "reopen {reopen}: {got:?}"
+        );
+        drop(store);
+        disk.crash(Crash::PowerLoss {
+            tear: true,
+            flip: true,
+        });
+        check(&open(&disk, true), &[1, 2]);
+    }
+}
