@@ -18,7 +18,9 @@
 //!   names the sink's codec. A writable open rewrites the last file in place and
 //!   fsyncs it, then the directories, before trusting what a crashed process (or an
 //!   append whose fsync failed) left in the page cache; after a failed fsync the next
-//!   append does the same, and rescans, before it answers from the index.
+//!   append rewrites the bytes from the failed entry on, and rescans, before it answers
+//!   from the index. After a purge that failed part way, the next append syncs the
+//!   directory first (the purge's rename may not be durable).
 //! - The store's files never pass `max_bytes` by an append: one that would is refused.
 //! - A purge removes only entries whose record the *durable* WAL cursor has passed
 //!   (others could be replayed and stored again after a crash). It rewrites each
@@ -119,10 +121,15 @@ pub(crate) struct StoreFiles {
     /// append could take the name of a file it does not list, or store a seq twice)
     /// until a scan succeeds.
     stale: bool,
-    /// An append's fsync failed: the last file may hold bytes the kernel marked clean
-    /// without writing them, which a rescan would index and a plain fsync would not
-    /// persist. The next append rewrites that file in place and rescans first.
-    unsynced: bool,
+    /// An append's fsync failed: from this file and offset on, the file may hold bytes
+    /// the kernel marked clean without writing them, which a rescan would index and a
+    /// plain fsync would not persist. The next append rewrites them in place and
+    /// rescans first.
+    unsynced_from: Option<(u64, u64)>,
+    /// A purge failed part way, maybe at its directory fsync: a rename or delete may
+    /// not be durable, and an append into the renamed file would be lost with it. The
+    /// next append syncs the directory first.
+    dir_unsynced: bool,
 }
 
 impl StoreFiles {
@@ -150,7 +157,8 @@ impl StoreFiles {
             damaged: 0,
             active: None,
             stale: false,
-            unsynced: false,
+            unsynced_from: None,
+            dir_unsynced: false,
         };
         if writable {
             store.prepare_dir(wal_dir)?;
@@ -192,13 +200,15 @@ impl StoreFiles {
     }
 
     /// Writes the last file's bytes back in place, then fsyncs it. Appends go only to
-    /// the last file, so any byte of the store not yet durable is there: written by a
-    /// process that crashed before its fsync, or by an append whose fsync failed. After
-    /// a failed fsync the kernel may mark those pages clean without having written
-    /// them, so a plain fsync would persist nothing while reads still show the entry;
-    /// rewriting makes them dirty again. Done before a scan, so the index is built from
-    /// bytes that are durable. Costs one read and one write of that file (at most
-    /// `FILE_ROLL_BYTES` plus one entry), at a writable open and after a failed append.
+    /// the last file (and only to one whose header is valid), so any byte of the store
+    /// not yet durable is there: written by a process that crashed before its fsync, or
+    /// by an append whose fsync failed. After a failed fsync the kernel may mark those
+    /// pages clean without having written them, so a plain fsync would persist nothing
+    /// while reads still show the entry; rewriting makes them dirty again. Done before
+    /// the scan of a writable open, so the index is built from bytes that are durable.
+    /// Costs one read and one write of that file: at most `FILE_ROLL_BYTES` plus one
+    /// entry. A file whose header is not valid is never appended to and never written
+    /// (only fsynced).
     fn rewrite_last_file(&mut self) -> io::Result<()> {
         let last = self
             .storage
@@ -207,14 +217,30 @@ impl StoreFiles {
             .filter(|e| e.is_file)
             .filter_map(|e| parse_segment_file_name(&e.name))
             .max();
-        let Some(first) = last else {
-            return Ok(());
-        };
+        match last {
+            Some(first) => self.rewrite_in_place(first, 0),
+            None => Ok(()),
+        }
+    }
+
+    /// Writes the bytes of file `first` from `from` on back in place and fsyncs it (see
+    /// [`rewrite_last_file`](Self::rewrite_last_file)); a file whose header is not
+    /// valid is only fsynced. A file that is gone (purged) has nothing left to make
+    /// durable.
+    fn rewrite_in_place(&mut self, first: u64, from: u64) -> io::Result<()> {
         self.active = None;
-        let file = self.storage.open(&segment_path(&self.dir, first), true)?;
+        let file = match self.storage.open(&segment_path(&self.dir, first), true) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        if !matches!(read_header(file.as_ref())?, HeaderStatus::Valid(h) if h.first_seq == first) {
+            // Never appended to, never written: only made durable as it is.
+            return file.sync();
+        }
         let len = file.len()?;
         let mut buf = vec![0u8; usize::try_from(len.min(REWRITE_CHUNK_BYTES)).unwrap_or(0)];
-        let mut at = 0u64;
+        let mut at = from;
         while at < len {
             let want = usize::try_from((len - at).min(REWRITE_CHUNK_BYTES)).unwrap_or(0);
             let n = read_full_at(file.as_ref(), buf.get_mut(..want).unwrap_or_default(), at)?;
@@ -459,12 +485,18 @@ impl StoreFiles {
         if !self.writable {
             return Err(io::Error::other("the dead-letter store is open read-only"));
         }
-        if self.unsynced {
+        if let Some((file, from)) = self.unsynced_from {
             // Before trusting the index (a rescan since the failure may have indexed
-            // the very entry whose fsync failed): make the last file durable, rescan.
-            self.rewrite_last_file()?;
-            self.unsynced = false;
+            // the very entry whose fsync failed): make those bytes durable, rescan.
+            self.rewrite_in_place(file, from)?;
+            self.unsynced_from = None;
             self.scan()?;
+        }
+        if self.dir_unsynced {
+            // Sync the directory before appending: a purge's rename that is not durable
+            // would take this append with it at a power loss.
+            self.storage.sync_dir(&self.dir)?;
+            self.dir_unsynced = false;
         }
         if self.index.contains_key(&meta.seq) {
             return Ok(Appended::AlreadyStored);
@@ -502,7 +534,7 @@ impl StoreFiles {
         // Sync before answering: the caller advances the WAL cursor past this record
         // next, and a power loss must not lose the only copy.
         if let Err(e) = file.sync() {
-            self.unsynced = true;
+            self.unsynced_from = Some((first, info.len));
             return Err(e);
         }
         self.index.insert(
@@ -624,6 +656,8 @@ impl StoreFiles {
         let mut result = Ok(doomed.len() as u64);
         for (first, gone) in by_file {
             if let Err(e) = self.rewrite_without(first, &gone) {
+                // A rename or delete may have happened without its directory fsync.
+                self.dir_unsynced = true;
                 result = Err(e);
                 break;
             }

@@ -140,6 +140,33 @@ async fn a_directory_left_unsynced_by_a_crashed_process_is_made_durable_at_open(
     assert_eq!(got, vec![7]);
 }
 
+/// Hole (cold review, 2026-12-06): syncing the directories above one found in place
+/// was best effort for every error, so an EIO there let the open go on and confirm
+/// records in a directory whose own entry a power loss could still drop. Only a
+/// directory this process may not open is skipped now; any other failure fails the
+/// open, and the next open (the disk healthy again) syncs it and goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_sync_above_a_directory_found_in_place_fails_the_open() {
+    let disk = SimDisk::new(3);
+    let dir = Path::new("/srv/wal");
+    disk.storage().create_dir(Path::new("/srv")).expect("mkdir");
+    disk.storage().create_dir(dir).expect("mkdir");
+    disk.crash(Crash::Process);
+    disk.fail_next_dir_sync(Path::new("/srv"));
+    assert!(
+        open(&disk, config(dir), Stuck).await.is_err(),
+        "an open went on past a failed sync of the directory holding the WAL directory"
+    );
+    let (sink, handle, shutdown) = open(&disk, config(dir), Stuck).await.expect("open");
+    within("push_durable", sink.push_durable(7))
+        .await
+        .expect("push_durable");
+    disk.crash(POWER_LOSS);
+    wind_down(sink, handle, shutdown).await;
+    let got: Vec<u64> = records_delivered(&disk, config(dir)).await;
+    assert_eq!(got, vec![7]);
+}
+
 // ---------------------------------------------------------------------------------------
 // 3. Transient read errors
 // ---------------------------------------------------------------------------------------

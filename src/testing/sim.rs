@@ -128,6 +128,8 @@ struct State {
     panic_on_write: Option<&'static str>,
     /// The next fsync by the thread of this name fails (once).
     fail_sync_in: Option<&'static str>,
+    /// The next fsync of this directory fails (once).
+    fail_dir_sync: Option<PathBuf>,
     /// Fsyncs that failed so far.
     failed_syncs: u64,
 }
@@ -218,6 +220,7 @@ impl SimDisk {
                 changes: 0,
                 panic_on_write: None,
                 fail_sync_in: None,
+                fail_dir_sync: None,
                 failed_syncs: 0,
             }),
             sync_gate: (Mutex::new(Gate::default()), Condvar::new()),
@@ -314,6 +317,11 @@ impl SimDisk {
     /// Makes the next fsync by the thread named `thread` fail (once).
     pub(crate) fn fail_next_sync_in(&self, thread: &'static str) {
         self.lock().fail_sync_in = Some(thread);
+    }
+
+    /// Makes the next fsync of directory `dir` fail (once).
+    pub(crate) fn fail_next_dir_sync(&self, dir: &Path) {
+        self.lock().fail_dir_sync = Some(dir.to_path_buf());
     }
 
     /// Fsyncs that failed so far.
@@ -579,7 +587,11 @@ impl Storage for SimStorage {
         let mut s = self.disk.lock();
         s.check(self.epoch)?;
         s.changes += 1;
-        if s.sync_fails() {
+        let once = s.fail_dir_sync.as_deref() == Some(dir);
+        if once {
+            s.fail_dir_sync = None;
+        }
+        if s.sync_fails() || once {
             return Err(io::Error::other("simulated EIO on directory fsync"));
         }
         let live: Vec<(PathBuf, Node)> = s

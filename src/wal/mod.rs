@@ -35,7 +35,7 @@
 //! - memory: the queue (`queue_capacity` records, and as many again in the writer's
 //!   hands while it works through one take; records up to 4 KiB sit in its byte
 //!   arena, which keeps at most 2 MiB of emptied chunks for reuse), the writer buffer (1 MiB plus one
-//!   frame), the reader buffer (256 KiB or one frame), one batch (`batch_size` records,
+//!   frame), the reader buffer (256 KiB or one frame; on a damaged length, up to the rest of that segment file while it is checked), one batch (`batch_size` records,
 //!   cut at 8 MiB plus one record), and per thread that pushes batches, 1 024 encode
 //!   buffers of 1 MiB in all kept for its next batch. None of them grows with the
 //!   backlog on disk.

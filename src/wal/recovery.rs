@@ -178,16 +178,22 @@ fn create_and_lock(s: &dyn Storage, dir: &Path) -> Result<Box<dyn LockGuard>, Op
     if created.is_empty() {
         // Sync every directory above one found in place: the process that created it
         // (and maybe its parents) may have died before its own syncs, leaving entries in
-        // the page cache only. Best effort: a directory this process may not read is
-        // left alone (and logged). Cheap: a clean directory has nothing to write.
+        // the page cache only, and a power loss would take the directory with every
+        // record this run confirms. A directory this process may not open is left
+        // alone (and logged); any other failure fails the open, as it would for a
+        // directory created here. Cheap: a clean directory has nothing to write.
         let mut at = dir.to_path_buf();
         for _ in 0..MAX_DIR_DEPTH {
             let parent = parent_dir(&at);
             if parent == at {
                 break;
             }
-            if let Err(e) = s.sync_dir(&parent) {
-                tracing::warn!(dir = %parent.display(), error = %e, "could not sync a directory above the WAL directory");
+            match s.sync_dir(&parent) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::PermissionDenied => {
+                    tracing::warn!(dir = %parent.display(), error = %e, "could not sync a directory above the WAL directory (no permission)");
+                }
+                Err(e) => return Err(io_err("sync a directory above", &parent)(e)),
             }
             at = parent;
         }

@@ -16,8 +16,10 @@
 //!   last frame. Nothing is trusted before its CRC is checked.
 //! - No frame header is 16 zero bytes (a seq is at least 1), so a run of zeros (a
 //!   preallocated tail after a crash) is skipped in one step, not byte by byte.
-//! - The scanner's buffer holds at most `max(READ_CHUNK_BYTES, largest frame)` bytes:
-//!   memory does not grow with the backlog.
+//! - The scanner's buffer holds at most `max(READ_CHUNK_BYTES, largest frame)` bytes,
+//!   and while it checks a damaged length whose seq looks right, up to the rest of that
+//!   segment file (a length is read only as far as the file extends); it is freed with
+//!   the scanner, at the end of the segment. Memory does not grow with the backlog.
 
 use std::collections::BTreeMap;
 use std::io;

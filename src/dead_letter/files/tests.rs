@@ -442,3 +442,34 @@ fn an_entry_whose_fsync_failed_is_made_durable_before_it_is_trusted() {
         check(&open(&disk, true), &[1, 2]);
     }
 }
+
+/// Regression (cold review): a purge whose directory fsync failed after its rename
+/// left the rename in the page cache only. The next append went into the renamed file
+/// and fsynced only that file; a power loss brought back the old file under the name,
+/// without the new entry, which the WAL cursor had already passed.
+#[test]
+fn an_append_after_a_purge_whose_directory_fsync_failed_survives_power_loss() {
+    let disk = disk();
+    let mut store = open(&disk, true);
+    store.append(&meta(1), &payload(1)).expect("append 1");
+    store.append(&meta(2), &payload(2)).expect("append 2");
+    // Sync 1: the rewrite's fsync; sync 2: the directory after the rename.
+    disk.fail_sync_after(Some(2));
+    assert!(store.purge(Some(&[1]), 10).is_err());
+    disk.fail_sync_after(None);
+    assert_eq!(
+        store.append(&meta(3), &payload(3)).expect("append 3"),
+        Appended::Stored
+    );
+    drop(store);
+    disk.crash(Crash::PowerLoss {
+        tear: false,
+        flip: false,
+    });
+    let store = open(&disk, true);
+    assert!(store.contains(2), "a kept entry lost");
+    assert!(
+        store.contains(3),
+        "the entry appended after the failed purge lost"
+    );
+}
