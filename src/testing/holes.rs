@@ -126,6 +126,19 @@ async fn records_confirmed_in_a_directory_open_created_survive_power_loss() {
     assert_eq!(got, (0..10).collect::<Vec<_>>());
 }
 
+/// Opens `dir`, confirms one record with `push_durable`, loses power, and checks that
+/// the next open delivers it.
+async fn confirm_one_then_lose_power(disk: &Arc<SimDisk>, dir: &Path) {
+    let (sink, handle, shutdown) = open(disk, config(dir), Stuck).await.expect("open");
+    within("push_durable", sink.push_durable(7))
+        .await
+        .expect("push_durable");
+    disk.crash(POWER_LOSS);
+    wind_down(sink, handle, shutdown).await;
+    let got: Vec<u64> = records_delivered(disk, config(dir)).await;
+    assert_eq!(got, vec![7]);
+}
+
 /// Hole: a directory made by a process that died before syncing its parent is found in
 /// place (page cache) by the next open, which must make its entry durable before it
 /// confirms anything.
@@ -135,14 +148,7 @@ async fn a_directory_left_unsynced_by_a_crashed_process_is_made_durable_at_open(
     let dir = Path::new("/wal");
     disk.storage().create_dir(dir).expect("mkdir");
     disk.crash(Crash::Process);
-    let (sink, handle, shutdown) = open(&disk, config(dir), Stuck).await.expect("open");
-    within("push_durable", sink.push_durable(7))
-        .await
-        .expect("push_durable");
-    disk.crash(POWER_LOSS);
-    wind_down(sink, handle, shutdown).await;
-    let got: Vec<u64> = records_delivered(&disk, config(dir)).await;
-    assert_eq!(got, vec![7]);
+    confirm_one_then_lose_power(&disk, dir).await;
 }
 
 /// Hole (cold review, 2026-12-06): syncing the directories above one found in place
@@ -162,14 +168,7 @@ async fn a_failed_sync_above_a_directory_found_in_place_fails_the_open() {
         open(&disk, config(dir), Stuck).await.is_err(),
         "an open went on past a failed sync of the directory holding the WAL directory"
     );
-    let (sink, handle, shutdown) = open(&disk, config(dir), Stuck).await.expect("open");
-    within("push_durable", sink.push_durable(7))
-        .await
-        .expect("push_durable");
-    disk.crash(POWER_LOSS);
-    wind_down(sink, handle, shutdown).await;
-    let got: Vec<u64> = records_delivered(&disk, config(dir)).await;
-    assert_eq!(got, vec![7]);
+    confirm_one_then_lose_power(&disk, dir).await;
 }
 
 // ---------------------------------------------------------------------------------------

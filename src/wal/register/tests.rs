@@ -64,25 +64,37 @@ fn garbage_file_is_unreadable_not_a_panic() -> io::Result<()> {
     Ok(())
 }
 
+/// A cursor register holding `value`, created durably on a fresh simulated disk.
+fn sim_cursor(
+    seed: u64,
+    value: u64,
+) -> io::Result<(
+    std::sync::Arc<crate::testing::sim::SimDisk>,
+    std::path::PathBuf,
+    Register,
+)> {
+    let disk = crate::testing::sim::SimDisk::new(seed);
+    let dir = Path::new("/w");
+    disk.storage().create_dir(dir)?;
+    disk.storage().sync_dir(Path::new("/"))?;
+    let r = Register::create(
+        disk.storage().as_ref(),
+        dir,
+        "CURSOR",
+        RegisterKind::Cursor,
+        value,
+    )?;
+    Ok((disk, dir.join("CURSOR"), r))
+}
+
 /// Regression (model test seed 45138056503): after a failed fsync, a slot can be
 /// left in the page cache, clean but not durable. A restart that trusted it and
 /// then overwrote the other slot lost both to a power loss.
 #[test]
 fn a_slot_dropped_by_a_failed_fsync_is_made_durable_before_trusting_it() -> io::Result<()> {
-    use crate::testing::sim::{Crash, SimDisk};
+    use crate::testing::sim::Crash;
     for seed in 0..64 {
-        let disk = SimDisk::new(seed);
-        let dir = Path::new("/w");
-        disk.storage().create_dir(dir)?;
-        disk.storage().sync_dir(Path::new("/"))?;
-        let path = dir.join("CURSOR");
-        let mut r = Register::create(
-            disk.storage().as_ref(),
-            dir,
-            "CURSOR",
-            RegisterKind::Cursor,
-            5,
-        )?;
+        let (disk, path, mut r) = sim_cursor(seed, 5)?;
         r.write_durable(6)?; // durable: gen 2 = 6
         r.write(7)?; // scratch: gen 3 = 7
         disk.fail_sync_after(Some(1));
@@ -117,20 +129,9 @@ fn a_slot_dropped_by_a_failed_fsync_is_made_durable_before_trusting_it() -> io::
 /// last value truly durable, and a power loss brought back the value of two syncs ago.
 #[test]
 fn a_sync_retried_after_a_failed_one_rewrites_before_it_trusts() -> io::Result<()> {
-    use crate::testing::sim::{Crash, SimDisk};
+    use crate::testing::sim::Crash;
     for seed in 0..64 {
-        let disk = SimDisk::new(seed);
-        let dir = Path::new("/w");
-        disk.storage().create_dir(dir)?;
-        disk.storage().sync_dir(Path::new("/"))?;
-        let path = dir.join("CURSOR");
-        let mut r = Register::create(
-            disk.storage().as_ref(),
-            dir,
-            "CURSOR",
-            RegisterKind::Cursor,
-            5,
-        )?;
+        let (disk, path, mut r) = sim_cursor(seed, 5)?;
         r.write_durable(6)?; // durable: 6
         r.write(7)?;
         disk.fail_sync_after(Some(1));
