@@ -154,8 +154,9 @@ async fn a_directory_left_unsynced_by_a_crashed_process_is_made_durable_at_open(
 /// Hole (cold review, 2026-12-06): syncing the directories above one found in place
 /// was best effort for every error, so an EIO there let the open go on and confirm
 /// records in a directory whose own entry a power loss could still drop. Only a
-/// directory this process may not open is skipped now; any other failure fails the
-/// open, and the next open (the disk healthy again) syncs it and goes on.
+/// directory this process may not open, or whose filesystem is read-only or cannot
+/// sync it, is skipped now; an EIO fails the open, and the next open (the disk healthy
+/// again) syncs it and goes on.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_sync_above_a_directory_found_in_place_fails_the_open() {
     let disk = SimDisk::new(3);
