@@ -125,9 +125,10 @@ pub(crate) struct StoreFiles {
     /// plain fsync would not persist. The next append rewrites them in place and
     /// rescans first.
     unsynced_from: Option<(u64, u64)>,
-    /// A purge failed part way, maybe at its directory fsync: a rename or delete may
-    /// not be durable, and an append into the renamed file would be lost with it. The
-    /// next append syncs the directory first.
+    /// A purge failed part way, maybe at its directory fsync (a rename or delete may
+    /// not be durable, and an append into the renamed file would be lost with it), or a
+    /// create failed (its file may be left with an entry that is not durable). The next
+    /// append syncs the directory first.
     dir_unsynced: bool,
 }
 
@@ -403,7 +404,7 @@ impl StoreFiles {
         if let Some((file, from)) = self.unsynced_from {
             // Before trusting the index (a rescan since the failure may have indexed
             // the very entry whose fsync failed): make those bytes durable, rescan.
-            self.rewrite_in_place(file, from)?;
+            let _rewritten = self.rewrite_in_place(file, from)?;
             self.unsynced_from = None;
             self.scan()?;
         }
@@ -517,13 +518,19 @@ impl StoreFiles {
             // it (it may hold entries); the next scan lists it.
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
                 self.stale = true;
+                // It may be our own create whose directory fsync failed and whose
+                // removal failed too: a later append into it must sync the directory.
+                self.dir_unsynced = true;
                 return Err(e);
             }
             Err(e) => {
                 // We created it and a later step failed (a full disk after the
                 // create): it holds no entry, and left there it would make every
-                // retry fail with AlreadyExists.
+                // retry fail with AlreadyExists. If the removal fails too, the next
+                // append syncs the directory before it writes (the file's entry may
+                // not be durable).
                 let _ = self.storage.remove_file(&segment_path(&self.dir, first));
+                self.dir_unsynced = true;
                 return Err(e);
             }
         };

@@ -151,6 +151,21 @@ async fn a_directory_left_unsynced_by_a_crashed_process_is_made_durable_at_open(
     confirm_one_then_lose_power(&disk, dir).await;
 }
 
+/// Hole (third cold review, 2026-12-06): with part of the chain found in place and
+/// the rest created, only the parents of the created directories were synced, so the
+/// entry of the topmost one found (left unsynced by a crashed process) could still be
+/// dropped with everything under it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chain_partly_found_in_place_is_made_durable_above_the_part_created() {
+    let disk = SimDisk::new(4);
+    disk.storage().create_dir(Path::new("/srv")).expect("mkdir");
+    disk.storage()
+        .create_dir(Path::new("/srv/a"))
+        .expect("mkdir");
+    disk.crash(Crash::Process);
+    confirm_one_then_lose_power(&disk, Path::new("/srv/a/wal")).await;
+}
+
 /// Hole (cold review, 2026-12-06): syncing the directories above one found in place
 /// was best effort for every error, so an EIO there let the open go on and confirm
 /// records in a directory whose own entry a power loss could still drop. Only a

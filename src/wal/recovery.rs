@@ -175,39 +175,45 @@ fn create_and_lock(s: &dyn Storage, dir: &Path) -> Result<Box<dyn LockGuard>, Op
             });
         }
     };
-    if created.is_empty() {
-        // Sync every directory above one found in place: the process that created it
-        // (and maybe its parents) may have died before its own syncs, leaving entries in
-        // the page cache only, and a power loss would take the directory with every
-        // record this run confirms. A directory this process may not open, or whose
-        // filesystem cannot sync it, is left alone (and logged); any other failure
-        // (EIO) fails the open, as it would for a directory created here. Cheap: a clean directory has nothing to write.
-        let mut at = dir.to_path_buf();
-        for _ in 0..MAX_DIR_DEPTH {
-            let parent = parent_dir(&at);
-            if parent == at {
-                break;
-            }
-            match s.sync_dir(&parent) {
-                Ok(()) => {}
-                // Not a failure to persist what is there: a directory this process may
-                // not open, one on a read-only filesystem (nothing new can be in it), or
-                // a filesystem that does not sync directories.
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        io::ErrorKind::PermissionDenied
-                            | io::ErrorKind::ReadOnlyFilesystem
-                            | io::ErrorKind::InvalidInput
-                            | io::ErrorKind::Unsupported
-                    ) =>
-                {
-                    tracing::warn!(dir = %parent.display(), error = %e, "could not sync a directory above the WAL directory");
-                }
-                Err(e) => return Err(io_err("sync a directory above", &parent)(e)),
-            }
-            at = parent;
-        }
-    }
+    sync_ancestors(s, dir)?;
     Ok(lock)
+}
+
+/// Syncs every directory above `dir` (see the comment inside).
+fn sync_ancestors(s: &dyn Storage, dir: &Path) -> Result<(), OpenError> {
+    // Sync every directory above the WAL directory, also above the ones created
+    // here (whose parents are synced already): a directory found in place may have
+    // been created by a process that died before its own syncs, leaving entries in
+    // the page cache only, and a power loss would take the directory with every
+    // record this run confirms. A directory this process may not open, or whose
+    // filesystem cannot sync it, is left alone (and logged); any other failure
+    // (EIO) fails the open, as it would for a directory created here. Cheap: a clean
+    // directory has nothing to write.
+    let mut at = dir.to_path_buf();
+    for _ in 0..MAX_DIR_DEPTH {
+        let parent = parent_dir(&at);
+        if parent == at {
+            break;
+        }
+        match s.sync_dir(&parent) {
+            Ok(()) => {}
+            // Not a failure to persist what is there: a directory this process may
+            // not open, one on a read-only filesystem (nothing new can be in it), or
+            // a filesystem that does not sync directories.
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::PermissionDenied
+                        | io::ErrorKind::ReadOnlyFilesystem
+                        | io::ErrorKind::InvalidInput
+                        | io::ErrorKind::Unsupported
+                ) =>
+            {
+                tracing::warn!(dir = %parent.display(), error = %e, "could not sync a directory above the WAL directory");
+            }
+            Err(e) => return Err(io_err("sync a directory above", &parent)(e)),
+        }
+        at = parent;
+    }
+    Ok(())
 }

@@ -40,7 +40,7 @@ impl StoreFiles {
     }
 
     /// Writes the last file's bytes back in place, then fsyncs it. Appends go only to
-    /// the last file (and only to one whose header is valid), so any byte of the store
+    /// the last file whose header is valid, so any byte of the store
     /// not yet durable is there: written by a process that crashed before its fsync, or
     /// by an append whose fsync failed. After a failed fsync the kernel may mark those
     /// pages clean without having written them, so a plain fsync would persist nothing
@@ -50,33 +50,39 @@ impl StoreFiles {
     /// entry. A file whose header is not valid is never appended to and never written
     /// (only fsynced).
     pub(super) fn rewrite_last_file(&mut self) -> io::Result<()> {
-        let last = self
+        let mut names: Vec<u64> = self
             .storage
             .list(&self.dir)?
             .into_iter()
             .filter(|e| e.is_file)
             .filter_map(|e| parse_segment_file_name(&e.name))
-            .max();
-        match last {
-            Some(first) => self.rewrite_in_place(first, 0),
-            None => Ok(()),
+            .collect();
+        names.sort_unstable();
+        // From the highest name down to the first file with a valid header: a file
+        // named above it with a damaged header (never appended to) does not hide it.
+        for first in names.into_iter().rev() {
+            if self.rewrite_in_place(first, 0)? {
+                break;
+            }
         }
+        Ok(())
     }
 
     /// Writes the bytes of file `first` from `from` on back in place and fsyncs it (see
     /// [`rewrite_last_file`](Self::rewrite_last_file)); a file whose header is not
     /// valid is only fsynced. A file that is gone (purged) has nothing left to make
-    /// durable.
-    pub(super) fn rewrite_in_place(&mut self, first: u64, from: u64) -> io::Result<()> {
+    /// durable. Returns whether the header was valid (the bytes were rewritten).
+    pub(super) fn rewrite_in_place(&mut self, first: u64, from: u64) -> io::Result<bool> {
         self.active = None;
         let file = match self.storage.open(&segment_path(&self.dir, first), true) {
             Ok(f) => f,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
             Err(e) => return Err(e),
         };
         if !matches!(read_header(file.as_ref())?, HeaderStatus::Valid(h) if h.first_seq == first) {
             // Never appended to, never written: only made durable as it is.
-            return file.sync();
+            file.sync()?;
+            return Ok(false);
         }
         let len = file.len()?;
         let mut buf = vec![0u8; usize::try_from(len.min(REWRITE_CHUNK_BYTES)).unwrap_or(0)];
@@ -92,6 +98,7 @@ impl StoreFiles {
         }
         // fsync: the bytes rewritten above are dirty, so this persists them; a power
         // loss must not drop an entry the index is about to trust.
-        file.sync()
+        file.sync()?;
+        Ok(true)
     }
 }

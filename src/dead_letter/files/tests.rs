@@ -473,3 +473,38 @@ fn an_append_after_a_purge_whose_directory_fsync_failed_survives_power_loss() {
         "the entry appended after the failed purge lost"
     );
 }
+
+/// Regression (third cold review): the open rewrote only the highest-named file. A
+/// file with a damaged header named above the real last one (never appended to) hid
+/// it, and an entry a crashed process left unsynced there was indexed untrusted.
+#[test]
+fn a_damaged_file_named_above_does_not_hide_the_last_file_from_the_open() {
+    let disk = disk();
+    let mut store = open(&disk, true);
+    store.append(&meta(1), &payload(1)).expect("append");
+    let dl = Path::new(WAL).join(DEAD_LETTER_DIR);
+    let mut entry = Vec::new();
+    encode_entry(&mut entry, &meta(2), &payload(2));
+    let mut frame = Vec::new();
+    encode_frame(&mut frame, 2, &entry);
+    let f = disk
+        .storage()
+        .open(&dl.join(crate::wal::format::segment_file_name(1)), true)
+        .expect("open");
+    f.write_all_at(&frame, store.bytes()).expect("write");
+    let garbage = disk
+        .storage()
+        .create_new(&dl.join(crate::wal::format::segment_file_name(900)))
+        .expect("create");
+    garbage.write_all_at(&[0xab; 100], 0).expect("write");
+    garbage.sync().expect("sync");
+    disk.storage().sync_dir(&dl).expect("sync dir");
+    drop((f, garbage, store));
+    disk.crash(Crash::Process);
+    check(&open(&disk, true), &[1, 2]);
+    disk.crash(Crash::PowerLoss {
+        tear: true,
+        flip: true,
+    });
+    check(&open(&disk, true), &[1, 2]);
+}
